@@ -1,0 +1,449 @@
+"""Read log exports of any shape into batches of raw records, in bounded memory.
+
+A file is recognised by its content, never by its name: compression first (gzip, bzip2, xz, zip; a zip's
+members are read one by one as sources of their own), then the text layout:
+
+* ``jsonl``: one JSON value per line (also "text" lines that carry a JSON body after a prefix);
+* ``json-array`` / ``json-object`` / ``json-stream``: a JSON document. The records are the items of the array
+  that holds the notifications (found by sampling: ``hits.hits``, ``events``, ``data``, Loki's
+  ``data.result[].values``, ...), streamed with ijson so a large document never becomes one Python object;
+* ``csv`` / ``tsv``: a header row and one record per row (a record becomes a JSON object of its columns).
+
+Every reader yields `Batch`es of `(record_no, text, error)`: record numbers are 1-based lines for
+line-oriented formats, rows for CSV and item positions for JSON documents. A record that cannot even be
+decoded carries an ``error`` (bad UTF-8) instead of being dropped. Anything that is not a log export at all
+raises `NotALogExport` with the file's name.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import io
+import json
+import lzma
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import ijson
+
+BATCH_RECORDS = 100_000
+CHUNK_BYTES = 8 << 20
+SAMPLE_BYTES = 1 << 20
+
+# Signals that a JSON document's part holds a Tyk notification.
+NOTIFICATION_MARKERS = ("notification_type", "new_oauth_token", "old_refresh_token")
+
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x7fELF": "an executable",
+    b"SQLite format 3": "an SQLite database",
+    b"DUCK": "a DuckDB database",
+}
+
+
+class ReadError(Exception):
+    """A file could not be read as a log export; the message names the file."""
+
+
+class NotALogExport(ReadError):
+    pass
+
+
+@dataclass
+class Batch:
+    record_nos: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+
+    def add(self, record_no: int, text: str, error: str | None = None) -> None:
+        self.record_nos.append(record_no)
+        self.texts.append(text)
+        self.errors.append(error)
+
+    def __len__(self) -> int:
+        return len(self.record_nos)
+
+
+@dataclass
+class Source:
+    """One readable unit: a file, or one member of a zip archive."""
+
+    name: str
+    format: str
+    batches: Iterator[Batch]
+
+
+def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> Iterator[Source]:
+    """Yield the readable sources in `raw` (a binary file object), each with its detected format.
+
+    `on_bytes(n)` is called with the number of compressed bytes consumed so far, for progress bars.
+    """
+    head = raw.read(8)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        yield from _text_sources(name, "gzip", gzip.GzipFile(fileobj=_Counting(raw, on_bytes), mode="rb"))
+    elif head[:3] == b"BZh":
+        yield from _text_sources(name, "bzip2", bz2.BZ2File(_Counting(raw, on_bytes)))
+    elif head[:6] == b"\xfd7zXZ\x00":
+        yield from _text_sources(name, "xz", lzma.LZMAFile(_Counting(raw, on_bytes)))  # noqa: SIM115
+    elif head[:4] == b"PK\x03\x04":
+        try:
+            archive = zipfile.ZipFile(raw)
+        except zipfile.BadZipFile as e:
+            raise NotALogExport(f"{name}: a damaged zip archive ({e})") from e
+        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+        if not members:
+            raise NotALogExport(f"{name}: the zip archive is empty")
+        for member in members:
+            member_name = f"{name}!{member.filename}"
+            with archive.open(member) as f:
+                try:
+                    yield from _text_sources(member_name, "zip", _Seekless(f))
+                except NotALogExport:
+                    if len(members) == 1:
+                        raise
+                    # A zip export may carry a manifest or a README beside the logs; skip that member only.
+                    yield Source(member_name, "skipped", iter(()))
+        if on_bytes:
+            on_bytes(raw.seek(0, io.SEEK_END))
+    else:
+        yield from _text_sources(name, "", _Counting(raw, on_bytes))
+
+
+def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
+    try:
+        sample = stream.read(SAMPLE_BYTES)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise NotALogExport(f"{name}: cannot decompress ({compression}): {e}") from e
+    prefix = f"{compression}/" if compression else ""
+    fmt = sniff(name, sample)
+    yield Source(name, prefix + fmt, _READERS[fmt](name, _Rewound(sample, stream)))
+
+
+def sniff(name: str, sample: bytes) -> str:
+    """Return the text layout of a sample: jsonl, json-array, json-object, json-stream, csv, tsv or text."""
+    if sample.startswith(codecs.BOM_UTF8):
+        sample = sample[3:]
+    if not sample.strip():
+        raise NotALogExport(f"{name}: the file is empty: not a log export")
+    for magic, what in _MAGIC.items():
+        if sample.startswith(magic):
+            raise NotALogExport(f"{name}: not a log export: it is {what}")
+    probe = sample[:65536]
+    if b"\x00" in probe or _binary_ratio(probe) > 0.1:
+        raise NotALogExport(f"{name}: not a log export: it looks like binary data")
+    text = probe.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if stripped[:1] in "{[":
+        complete = [ln.strip() for ln in lines[:3]] if len(probe) < 65536 or len(lines) > 3 else []
+        if len(complete) >= 2 and _is_json(complete[0]) and _is_json(complete[1]):
+            return "jsonl"
+        if _json_prefix_ok(sample):
+            if stripped[0] == "[":
+                return "json-array"
+            return "json-stream" if _json_values(sample) > 1 else "json-object"
+        return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
+    dialect = _csv_dialect(lines[:20])
+    if dialect:
+        return dialect
+    return "text"
+
+
+def _binary_ratio(probe: bytes) -> float:
+    bad = sum(1 for b in probe if b < 9 or 13 < b < 32)
+    return bad / max(1, len(probe))
+
+
+def _is_json(s: str) -> bool:
+    try:
+        json.loads(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_prefix_ok(sample: bytes) -> bool:
+    """True when the sample is the start of a JSON document (it may be cut off at the sample's end)."""
+    try:
+        for _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            pass
+    except ijson.IncompleteJSONError as e:
+        return "incomplete" in str(e).lower() or "premature" in str(e).lower()
+    except ijson.JSONError:
+        return False
+    return True
+
+
+def _json_values(sample: bytes) -> int:
+    count = 0
+    try:
+        for prefix, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if prefix == "" and event in ("end_map", "end_array", "string", "number"):
+                count += 1
+                if count > 1:
+                    break
+    except ijson.JSONError:
+        pass
+    return count
+
+
+def _csv_dialect(lines: list[str]) -> str | None:
+    if len(lines) < 2:
+        return None
+    for delim, fmt in (("\t", "tsv"), (",", "csv"), (";", "csv")):
+        header = next(csv.reader([lines[0]], delimiter=delim))
+        if len(header) < 2 or any(len(h) > 80 or "{" in h for h in header):
+            continue
+        rows = list(csv.reader(lines[1:6], delimiter=delim))
+        if rows and sum(len(r) == len(header) for r in rows) >= max(1, len(rows) - 1):
+            return fmt if delim != ";" else "csv;"
+    return None
+
+
+# -- readers -------------------------------------------------------------------------------------------------
+
+
+def _read_lines(name: str, stream: BinaryIO) -> Iterator[Batch]:
+    batch = Batch()
+    record_no = 0
+    tail = b""
+    first = True
+    while True:
+        try:
+            chunk = stream.read(CHUNK_BYTES)
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise ReadError(f"{name}: the file ends early or is damaged after line {record_no}: {e}") from e
+        if not chunk:
+            break
+        if first and chunk.startswith(codecs.BOM_UTF8):
+            chunk = chunk[3:]
+        first = False
+        data = tail + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            tail = data
+            continue
+        tail = data[cut + 1 :]
+        record_no = yield from _split(data[: cut + 1], record_no, batch)
+        if len(batch) >= BATCH_RECORDS:
+            yield batch
+            batch = Batch()
+    if tail:
+        record_no = yield from _split(tail + b"\n", record_no, batch)
+    if len(batch):
+        yield batch
+
+
+def _split(data: bytes, record_no: int, batch: Batch) -> Iterator[Batch]:
+    """Split complete lines into `batch`; returns the last record number. Yields nothing (a generator helper)."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+        errors = None
+    except UnicodeDecodeError:
+        lines, errors = [], []
+        for raw in data.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+                errors.append(None)
+            except UnicodeDecodeError as e:
+                lines.append(raw.decode("utf-8", errors="replace"))
+                errors.append(f"invalid UTF-8 at byte {e.start} of the line")
+    lines.pop()  # data ends with "\n": the last piece is empty
+    for i, line in enumerate(lines):
+        record_no += 1
+        if line.endswith("\r"):
+            line = line[:-1]
+        batch.add(record_no, line, errors[i] if errors else None)
+    return record_no
+    yield  # pragma: no cover - makes this a generator for `yield from`
+
+
+def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
+    def read(name: str, stream: BinaryIO) -> Iterator[Batch]:
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        header = [h.strip() for h in header]
+        batch = Batch()
+        line_end = reader.line_num
+        try:
+            for row in reader:
+                record_no = line_end + 1
+                line_end = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    batch.add(record_no, "", None)
+                else:
+                    record = dict(zip(header, row, strict=False))
+                    if len(row) > len(header):
+                        record["_extra"] = row[len(header) :]
+                    dumped = json.dumps(record, ensure_ascii=False)
+                    error = None
+                    if "\\udc" in json.dumps(record):
+                        error = "invalid UTF-8 in the row"
+                        dumped = dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    batch.add(record_no, dumped, error)
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch
+                    batch = Batch()
+        except csv.Error as e:
+            raise ReadError(f"{name}: CSV broken at line {reader.line_num}: {e}") from e
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise ReadError(f"{name}: the file ends early or is damaged after line {line_end}: {e}") from e
+        if len(batch):
+            yield batch
+
+    return read
+
+
+def records_prefix(sample: bytes) -> str:
+    """Find the ijson prefix of the array items that are the records of a JSON document.
+
+    The records are the innermost array items (objects or arrays) that contain a notification: Elasticsearch
+    ``hits.hits.item``, CloudWatch ``events.item``, Datadog ``data.item``, Loki ``data.result.item.values.item``.
+    A document that is one record gives "".
+    """
+    containers: set[str] = set()
+    first_array_item: str | None = None
+    try:
+        for prefix, event, value in ijson.parse(io.BytesIO(sample)):
+            if event in ("start_map", "start_array"):
+                containers.add(prefix)
+                if first_array_item is None and prefix.endswith("item") and prefix.split(".")[-1] == "item":
+                    first_array_item = prefix
+            hit = None
+            if event == "map_key" and value in NOTIFICATION_MARKERS:
+                hit = prefix.split(".") if prefix else []
+            elif event == "string" and any(m in value for m in NOTIFICATION_MARKERS):
+                hit = prefix.split(".")[:-1] if prefix else []
+            if hit is not None:
+                for end in range(len(hit), 0, -1):
+                    candidate = ".".join(hit[:end])
+                    if hit[end - 1] == "item" and candidate in containers:
+                        return candidate
+                return ""
+    except ijson.JSONError:
+        pass
+    return first_array_item or ""
+
+
+def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[Batch]]:
+    def read(name: str, stream: _Rewound) -> Iterator[Batch]:
+        prefix = "" if multiple else records_prefix(stream.sample)
+        batch = Batch()
+        record_no = 0
+        try:
+            for item in ijson.items(stream, prefix, multiple_values=multiple, use_float=True):
+                record_no += 1
+                batch.add(record_no, json.dumps(item, ensure_ascii=False), None)
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch
+                    batch = Batch()
+        except ijson.JSONError as e:
+            if len(batch):
+                yield batch
+            raise ReadError(
+                f"{name}: invalid JSON after record {record_no} ({e}); the records before it were read"
+            ) from e
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
+        if len(batch):
+            yield batch
+
+    return read
+
+
+_READERS: dict[str, Callable[[str, BinaryIO], Iterator[Batch]]] = {
+    "jsonl": _read_lines,
+    "text": _read_lines,
+    "csv": _read_csv(","),
+    "csv;": _read_csv(";"),
+    "tsv": _read_csv("\t"),
+    "json-array": _read_json_document(multiple=False),
+    "json-object": _read_json_document(multiple=False),
+    "json-stream": _read_json_document(multiple=True),
+}
+
+
+# -- stream plumbing -----------------------------------------------------------------------------------------
+
+
+class _Counting(io.RawIOBase):
+    """Reports how far the underlying (compressed) file has been read, for progress bars."""
+
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None] | None):
+        self.raw = raw
+        self.on_bytes = on_bytes
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.raw.readinto(b)
+        self.pos += n or 0
+        if self.on_bytes:
+            self.on_bytes(self.pos)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.pos += len(data)
+        if self.on_bytes:
+            self.on_bytes(self.pos)
+        return data
+
+
+class _Seekless(io.RawIOBase):
+    def __init__(self, f):
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self.f.read(size)
+
+    def readinto(self, b) -> int:
+        data = self.f.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Rewound(io.RawIOBase):
+    """The sample already read, then the rest of the stream: sniffing never needs a seekable file."""
+
+    def __init__(self, sample: bytes, stream: BinaryIO):
+        self.sample = sample
+        self._pending = sample
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pending:
+            if size < 0 or size >= len(self._pending):
+                data, self._pending = self._pending, b""
+                if size < 0:
+                    return data + self.stream.read()
+                return data
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self.stream.read(size)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)

@@ -1,0 +1,355 @@
+"""Find the Tyk notification inside a log record, with its time and its identity.
+
+Log platforms put the receiver's record in different places: the record itself, a nested object (`body`,
+`payload`, `jsonPayload`, `_source`, `attributes`, ...), a JSON string in a text field (`message`, `line`,
+`log`, `_raw`, `textPayload`, a CSV column), a `[timestamp, line]` pair (Loki), flattened dotted CSV columns
+(`body.auth_code`, Kibana), or after a text prefix (`2026-12-04T10:00:00Z INFO ... {json}`).
+
+Two tiers, one answer:
+
+* `locate()` is the general locator: a breadth-first search of one record (Python). It is the reference and
+  handles every record the fast path cannot.
+* `learn_layout()` runs `locate()` on a sample of a file and returns the most common `Layout`: the paths
+  where that file keeps the notification, the time and the identity. `Layout.sql()` compiles those paths to
+  DuckDB expressions, so the bulk of a file is located inside DuckDB, vectorised. Rows the layout does not
+  fit fall back to `locate()`.
+
+The time is the one nearest to the notification: the receiver's own field (e.g. `received_at`) wins over a
+log platform's outer timestamp, which wins over the platform's ingestion time. Times are returned raw;
+`ingest.normalize` parses them (one parser, in SQL, for both tiers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+NOTIFICATION_FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
+TOKEN_FIELDS = NOTIFICATION_FIELDS[1:]
+_MARKERS = ("notification_type", "oauth_token", "refresh_token")
+
+# Nearest level first; inside a level, this order. Compared lower-cased.
+TIME_KEYS = (
+    "received_at", "receivedat", "received", "receive_time", "received_time", "time", "timestamp",
+    "@timestamp", "ts", "_time", "datetime", "date", "@t", "eventtime", "event_time", "logged_at",
+    "created_at", "time_local",
+)
+# A log platform's own ingestion time: used only when no level has one of the above.
+INGEST_TIME_KEYS = ("ingestiontime", "receivetimestamp", "_indextime", "observedtimestamp", "@ingested", "ingested")
+IDENTITY_KEYS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr")
+_IDENTITY_SUBKEYS = ("id", "name", "username", "email", "sub")
+
+_TIME_KEY_RANK = {k: i for i, k in enumerate(TIME_KEYS)}
+_INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
+_IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
+
+# A timestamp in free text: ISO-like dates, Apache style, or a bare epoch number at the start.
+TIME_IN_TEXT = (
+    r"(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
+    r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
+    r"|^\d{10}(?:\.\d+)?\b|^\d{13,19}\b)"
+)
+IDENTITY_IN_TEXT = r"\b(?:user_id|user|sub|identity|username|alias)[=:]\s*\"?([^\s\",}]+)"
+_TIME_RE = re.compile(TIME_IN_TEXT)
+_IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
+
+_decoder = json.JSONDecoder()
+
+# Path steps: ("k", key) object member, ("i", n) array element, ("p",) parse the JSON inside a string.
+Step = tuple
+
+
+@dataclass(frozen=True)
+class Layout:
+    notif: tuple[Step, ...]
+    flat_prefix: str | None  # set when the notification is spread over dotted keys of one object
+    time: tuple[Step, ...] | None
+    time_in_text: bool  # the time is in the text before the JSON of the string at `time`
+    # Identity fields are optional per record (often only on logins): every place seen in the sample is tried.
+    identities: tuple[tuple[tuple[Step, ...], bool], ...] = ()
+
+    def sql(self, raw: str = "raw") -> dict[str, str]:
+        """DuckDB expressions (VARCHAR) for notif (JSON text), time_raw and identity_raw over column `raw`."""
+        if self.flat_prefix is not None:
+            base = _sql_value(raw, self.notif, as_json=True)
+            members = ", ".join(
+                f"'{f}', json_extract({base}, {_sql_str(_json_path([('k', self.flat_prefix + f)]))})"
+                for f in NOTIFICATION_FIELDS
+            )
+            notif = f"json_object({members})::VARCHAR"
+        else:
+            notif = f"{_sql_value(raw, self.notif, as_json=True)}::VARCHAR"
+        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT)
+        found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT) for steps, in_text in self.identities]
+        identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
+        return {"notif": notif, "time_raw": time, "identity_raw": identity}
+
+
+@dataclass
+class Located:
+    notification: dict | None = None
+    time: str | None = None
+    identity: str | None = None
+    reason: str | None = None
+    layout: Layout | None = None
+
+
+def locate(text: str) -> Located:
+    """Find the notification in one record's text (a JSON value, or a text line that carries JSON)."""
+    stripped = text.strip()
+    if not stripped:
+        return Located(reason="empty line: no record")
+    try:
+        root = json.loads(stripped)
+        root_is_text = False
+    except ValueError as e:
+        root, root_is_text = stripped, True
+        if stripped[0] in "{[" and not _embedded_json(stripped):
+            return Located(reason=f"invalid JSON: {e.msg} at column {e.colno} (truncated line?)")
+    found = _search(root, root_is_text)
+    if found is None:
+        if any(m in stripped for m in _MARKERS):
+            return Located(reason="invalid JSON: a notification is there but cannot be parsed (truncated?)")
+        return Located(reason="no Tyk notification found in the record")
+    notif, notif_steps, flat_prefix, chain = found
+    time, time_steps, time_in_text = _nearest(chain, _time_candidate)
+    if time is None:
+        time, time_steps, time_in_text = _nearest(chain, _ingest_time_candidate)
+    identity, id_steps, id_in_text = _nearest(chain, _identity_candidate)
+    layout = Layout(notif_steps, flat_prefix, time_steps, time_in_text, ((id_steps, id_in_text),) if id_steps else ())
+    return Located(notification=notif, time=time, identity=identity, layout=layout)
+
+
+def learn_layout(texts: Iterable[str], sample: int = 500) -> Layout | None:
+    """The layout of the records in `texts`, learned from the first `sample` that hold a notification.
+
+    The notification's place is the most common one; so is the time's (records where it is missing go
+    through `locate()`); identity places are all kept, most common first.
+    """
+    places: Counter = Counter()
+    times: Counter = Counter()
+    identities: Counter = Counter()
+    for i, text in enumerate(texts):
+        if i >= sample:
+            break
+        found = locate(text).layout
+        if found is None:
+            continue
+        places[(found.notif, found.flat_prefix)] += 1
+        times[(found.notif, found.flat_prefix, found.time, found.time_in_text)] += 1
+        for place in found.identities:
+            identities[(found.notif, found.flat_prefix, place)] += 1
+    if not places:
+        return None
+    notif, flat = places.most_common(1)[0][0]
+    timed = [(k[2], k[3]) for k, _ in times.most_common() if k[:2] == (notif, flat) and k[2] is not None]
+    time, time_in_text = timed[0] if timed else (None, False)
+    ids = tuple(k[2] for k, _ in identities.most_common() if k[:2] == (notif, flat))
+    return Layout(notif, flat, time, time_in_text, ids)
+
+
+# -- the search ----------------------------------------------------------------------------------------------
+
+# A chain entry: (node, steps from the root, prefix text when the node was parsed out of a string).
+_Chain = list[tuple[object, tuple[Step, ...], str | None]]
+
+
+def _search(root: object, root_is_text: bool):
+    """Breadth-first: the shallowest notification wins. Returns (notif, steps, flat_prefix, ancestor chain)."""
+    queue: list[tuple[object, tuple[Step, ...], _Chain, str | None]] = []
+    if root_is_text:
+        parsed = _embedded_json(root)
+        if parsed is None:
+            return None
+        obj, prefix = parsed
+        queue.append((obj, (("p",),), [], prefix))
+    else:
+        queue.append((root, (), [], None))
+    seen = 0
+    while queue and seen < 2000:
+        node, steps, chain, text_prefix = queue.pop(0)
+        seen += 1
+        here = [*chain, (node, steps, text_prefix)]
+        if isinstance(node, dict):
+            hit = _as_notification(node)
+            if hit is not None:
+                notif, flat_prefix = hit
+                return notif, steps, flat_prefix, here
+            items = node.items()
+            for key, value in items:
+                _enqueue(queue, value, (*steps, ("k", key)), here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node[:50]):
+                _enqueue(queue, value, (*steps, ("i", i)), here)
+    return None
+
+
+def _enqueue(queue, value, steps, chain) -> None:
+    if isinstance(value, dict | list):
+        queue.append((value, steps, chain, None))
+    elif isinstance(value, str) and "{" in value and any(m in value for m in _MARKERS):
+        parsed = _embedded_json(value)
+        if parsed is not None:
+            obj, prefix = parsed
+            queue.append((obj, (*steps, ("p",)), chain, prefix))
+
+
+def _embedded_json(text: str):
+    """The JSON object in `text` (whole, or after a prefix): (object, prefix text) or None."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = _decoder.raw_decode(text, start)
+    except ValueError:
+        return None
+    return (obj, text[:start]) if isinstance(obj, dict) else None
+
+
+def _as_notification(d: dict):
+    if "notification_type" in d or sum(k in d for k in TOKEN_FIELDS) >= 2:
+        return d, None
+    for key in d:
+        if isinstance(key, str) and key.endswith(".notification_type"):
+            prefix = key[: -len("notification_type")]
+            return {f: d[prefix + f] for f in NOTIFICATION_FIELDS if prefix + f in d}, prefix
+    return None
+
+
+def _nearest(chain: _Chain, candidate):
+    """Walk from the notification up to the record's root; the first level with a candidate wins."""
+    for node, steps, text_prefix in reversed(chain):
+        found = candidate(node)
+        if found is not None:
+            value, key_steps = found
+            return value, (*steps, *key_steps), False
+        if text_prefix:
+            in_text = candidate.text(text_prefix) if hasattr(candidate, "text") else None
+            if in_text is not None:
+                return in_text, steps[:-1] if steps and steps[-1] == ("p",) else steps, True
+    return None, None, False
+
+
+def _ranked_scalar(node, rank: dict[str, int]):
+    if not isinstance(node, dict):
+        return None
+    best = None
+    for key, value in node.items():
+        r = rank.get(str(key).lower())
+        if r is None or value is None or isinstance(value, bool | dict | list) or str(value).strip() == "":
+            continue
+        if best is None or r < best[0]:
+            best = (r, key, value)
+    return best
+
+
+def _time_candidate(node):
+    if isinstance(node, list) and len(node) >= 2 and _looks_epoch(node[0]):
+        return str(node[0]), (("i", 0),)  # Loki's [timestamp, line]
+    best = _ranked_scalar(node, _TIME_KEY_RANK)
+    return None if best is None else (str(best[2]), (("k", best[1]),))
+
+
+def _time_in_text(text: str):
+    m = _TIME_RE.search(text)
+    return m.group(1) if m else None
+
+
+_time_candidate.text = _time_in_text
+
+
+def _ingest_time_candidate(node):
+    best = _ranked_scalar(node, _INGEST_KEY_RANK)
+    return None if best is None else (str(best[2]), (("k", best[1]),))
+
+
+def _identity_candidate(node):
+    if not isinstance(node, dict):
+        return None
+    best = None
+    for key, value in node.items():
+        r = _IDENTITY_RANK.get(str(key).lower())
+        if r is None:
+            continue
+        sub: tuple[Step, ...] = ()
+        if isinstance(value, dict):
+            inner = next((k for k in _IDENTITY_SUBKEYS if isinstance(value.get(k), str | int) and str(value[k])), None)
+            if inner is None:
+                continue
+            value, sub = value[inner], (("k", inner),)
+        if value is None or isinstance(value, bool | list | dict) or str(value).strip() == "":
+            continue
+        if best is None or r < best[0]:
+            best = (r, (("k", key), *sub), str(value).strip())
+    return None if best is None else (best[2], best[1])
+
+
+def _identity_in_text(text: str):
+    m = _IDENTITY_RE.search(text)
+    return m.group(1) if m else None
+
+
+_identity_candidate.text = _identity_in_text
+
+
+def _looks_epoch(value) -> bool:
+    s = str(value)
+    return s.isdigit() and 9 <= len(s) <= 19
+
+
+# -- SQL compilation -----------------------------------------------------------------------------------------
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _json_path(steps) -> str:
+    parts = ["$"]
+    for step in steps:
+        if step[0] == "k":
+            parts.append('."' + str(step[1]).replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            parts.append(f"[{step[1]}]")
+    return "".join(parts)
+
+
+def _segments(steps):
+    """Split steps at parse steps: [(parse_first, [key/index steps]), ...]."""
+    segments, current, parse = [], [], False
+    for step in steps:
+        if step[0] == "p":
+            segments.append((parse, current))
+            current, parse = [], True
+        else:
+            current.append(step)
+    segments.append((parse, current))
+    return segments
+
+
+def _sql_value(raw: str, steps, *, as_json: bool) -> str:
+    """Walk `steps` from the record text; the result is JSON (as_json) or the VARCHAR value."""
+    expr = raw
+    segments = _segments(steps)
+    for n, (parse, path) in enumerate(segments):
+        if parse:
+            expr = f"tt_embedded({expr})"
+        last = n == len(segments) - 1
+        if last:
+            fn = "json_extract" if as_json else "json_extract_string"
+            expr = f"{fn}({expr}, {_sql_str(_json_path(path))})"
+        elif path:
+            expr = f"json_extract_string({expr}, {_sql_str(_json_path(path))})"
+    return expr
+
+
+def _sql_text_field(raw: str, steps, in_text: bool, pattern: str, group: int = 1) -> str:
+    if steps is None:
+        return "NULL::VARCHAR"
+    if not in_text:
+        return _sql_value(raw, steps, as_json=False)
+    text = _sql_value(raw, steps, as_json=False) if steps else raw
+    return f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(pattern)}, {group}), '')"

@@ -1,0 +1,127 @@
+"""Turn located records into validated, fingerprinted rows, in SQL, one batch at a time.
+
+Both tiers of `ingest.locate` end here, so validation, time parsing, fingerprints and masking exist once.
+Input relation columns: record_no, raw, err, notif (JSON text of the notification), time_raw, identity_raw,
+reason (a locate failure). Output: the `stage` rows of `ingest.pipeline`.
+
+Raw text only ever lives in the Arrow batch and in expressions: what is written (to the stage table and from
+there to the database) is fingerprints, times, identities, and for rejected records a masked excerpt.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+# Macros: one time parser for every source, the fingerprint, and the excerpt mask.
+MACROS = r"""
+CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
+    CASE WHEN starts_with(s, '{') THEN s WHEN strpos(s, '{') > 0 THEN substr(s, strpos(s, '{')) END;
+CREATE OR REPLACE TEMP MACRO tt_text_prefix(s) AS
+    CASE WHEN strpos(s, '{') > 0 THEN substr(s, 1, strpos(s, '{') - 1) ELSE s END;
+CREATE OR REPLACE TEMP MACRO tt_epoch(n) AS
+    make_timestamp(CASE
+        WHEN abs(n) >= 1e17 THEN (n / 1000)::BIGINT
+        WHEN abs(n) >= 1e14 THEN n::BIGINT
+        WHEN abs(n) >= 1e11 THEN (n * 1000)::BIGINT
+        ELSE (n * 1000000)::BIGINT END);
+CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
+    CASE
+        WHEN s IS NULL THEN NULL
+        WHEN regexp_full_match(s, '-?[0-9]{9,19}') THEN tt_epoch(s::HUGEINT)
+        WHEN regexp_full_match(s, '-?[0-9]{9,11}\.[0-9]+') THEN tt_epoch(s::DECIMAL(22, 9))
+        ELSE coalesce(
+            try_cast(regexp_replace(regexp_replace(s, ',([0-9]+)', '.\1'), ' ?(UTC|GMT)$', 'Z') AS TIMESTAMPTZ)::TIMESTAMP,
+            try_strptime(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '),
+                ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
+                 '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',
+                 '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g',
+                 '%a %b %d %H:%M:%S %Y', '%d %b %Y %H:%M:%S.%g', '%d %b %Y %H:%M:%S']),
+            try_strptime(s, ['%d/%b/%Y:%H:%M:%S %z', '%a, %d %b %Y %H:%M:%S %z', '%Y-%m-%dT%H:%M:%S%z',
+                             '%Y-%m-%d %H:%M:%S.%g %z', '%Y-%m-%d %H:%M:%S %z'])::TIMESTAMP,
+            try_strptime(regexp_replace(s, ' (GMT|UTC)$', ''), ['%a, %d %b %Y %H:%M:%S', '%a %d %b %Y %H:%M:%S']))
+    END;
+CREATE OR REPLACE TEMP MACRO tt_time(s) AS (
+    SELECT CASE WHEN t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01' THEN t END
+    FROM (SELECT tt_time_any(nullif(trim(s), '')) AS t));
+CREATE OR REPLACE TEMP MACRO tt_mask(s) AS
+    regexp_replace(
+        regexp_replace(s, '("?(auth_code|code|new_oauth_token|refresh_token|old_refresh_token|access_token|token)"?\s*[:=]\s*"?)[^",}\s]+', '\1***', 'gi'),
+        '[A-Za-z0-9+/_=-]{16,}', '***', 'g');
+CREATE OR REPLACE TEMP MACRO tt_type_name(t) AS
+    CASE t WHEN 'OBJECT' THEN 'an object' WHEN 'ARRAY' THEN 'an array' WHEN 'BOOLEAN' THEN 'a boolean'
+           ELSE 'a number' END;
+"""
+
+EXCERPT_CHARS = 240
+
+
+def install_macros(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(MACROS)
+
+
+def _field_check(i: int, name: str) -> str:
+    return f"WHEN json_type(v[{i}]) NOT IN ('VARCHAR', 'NULL') THEN 'wrong type: {name} is ' || tt_type_name(json_type(v[{i}]))"
+
+
+# $key: the fingerprint key; $source_id: which source of this run. The relation is spliced in as {rel}.
+NORMALIZE = f"""
+WITH x AS (
+    SELECT record_no, raw, err, reason, time_raw, identity_raw,
+           CASE WHEN reason IS NULL AND err IS NULL THEN
+               json_extract(notif, ['$.notification_type', '$.auth_code', '$.new_oauth_token',
+                                    '$.refresh_token', '$.old_refresh_token']) END AS v
+    FROM {{rel}}
+), f AS (
+    SELECT *, lower(v[1] ->> '$') AS ntype,
+           nullif(v[2] ->> '$', '') AS auth_code, nullif(v[3] ->> '$', '') AS access_token,
+           nullif(v[4] ->> '$', '') AS refresh_token, nullif(v[5] ->> '$', '') AS old_refresh_token
+    FROM x
+), c AS (
+    SELECT *, CASE
+        WHEN reason IS NOT NULL THEN reason
+        WHEN err IS NOT NULL THEN err
+        WHEN json_type(v[1]) IS NULL OR json_type(v[1]) = 'NULL' THEN 'missing notification_type'
+        WHEN json_type(v[1]) <> 'VARCHAR' THEN 'wrong type: notification_type is ' || tt_type_name(json_type(v[1]))
+        WHEN ntype NOT IN ('new', 'refresh') THEN 'unknown notification_type ' || tt_mask(left(v[1] ->> '$', 40))
+        {_field_check(2, "auth_code")}
+        {_field_check(3, "new_oauth_token")}
+        {_field_check(4, "refresh_token")}
+        {_field_check(5, "old_refresh_token")}
+        WHEN access_token IS NULL THEN 'missing token field new_oauth_token'
+        WHEN ntype = 'refresh' AND old_refresh_token IS NULL
+            THEN 'missing token field old_refresh_token (a refresh must name the token it used)'
+        END AS why
+    FROM f
+)
+SELECT * EXCLUDE (time_raw),
+       md5(concat_ws('|', notification_type, coalesce(auth_code_fp, ''), coalesce(access_token_fp, ''),
+                      coalesce(refresh_token_fp, ''), coalesce(old_refresh_token_fp, '')))
+           AS event_id,
+       -- a time that is there but unreadable: the record still counts, as untimed, and is reported
+       time_raw IS NOT NULL AND received_at IS NULL AS bad_time
+FROM (
+    SELECT $source_id AS source_id, record_no, why AS reason,
+           CASE WHEN why IS NOT NULL THEN left(tt_mask(raw), {EXCERPT_CHARS}) END AS excerpt,
+           CASE WHEN why IS NOT NULL THEN left(sha256($key || record_no::VARCHAR || '|' || raw), 32) END
+               AS quarantine_id,
+           CASE WHEN why IS NULL THEN ntype END AS notification_type,
+           CASE WHEN why IS NULL THEN left(sha256($key || auth_code), 32) END AS auth_code_fp,
+           CASE WHEN why IS NULL THEN left(sha256($key || access_token), 32) END AS access_token_fp,
+           CASE WHEN why IS NULL THEN left(sha256($key || refresh_token), 32) END AS refresh_token_fp,
+           CASE WHEN why IS NULL THEN left(sha256($key || old_refresh_token), 32) END AS old_refresh_token_fp,
+           CASE WHEN why IS NULL THEN tt_time(time_raw) END AS received_at, time_raw,
+           CASE WHEN why IS NULL THEN nullif(trim(identity_raw), '') END AS identity
+    FROM c
+)
+"""
+
+STAGE_COLUMNS = (
+    "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id VARCHAR, "
+    "notification_type VARCHAR, auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, "
+    "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, bad_time BOOLEAN"
+)
+
+
+def normalize_sql(relation: str) -> str:
+    """The INSERT-ready SELECT over `relation` (a table name or a parenthesised subquery with alias)."""
+    return NORMALIZE.format(rel=relation)

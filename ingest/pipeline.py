@@ -1,0 +1,397 @@
+"""One ingest: read every input, stage it, merge it, rebuild lineage, commit. All or nothing.
+
+Flow for each file: `formats.open_sources` streams record batches; a `locate.Layout` learned from the first
+batch locates the bulk in SQL; the rest goes through `locate.locate`; `normalize` validates and fingerprints;
+rows land in a transaction-local stage table. Then one merge deduplicates against what the store already
+holds (deliveries by payload + time, quarantine by record), folds deliveries into events, and
+`lineage.rebuild` recomputes the chains. The whole run is one DuckDB transaction: a killed ingest leaves the
+database as it was.
+
+A file that is not a log export is reported (with its name) and skipped; the other files still load.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+
+from ingest import lineage
+from ingest.formats import ReadError, open_sources
+from ingest.locate import NOTIFICATION_FIELDS, TOKEN_FIELDS, Layout, learn_layout, locate
+from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
+from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
+
+# (name shown to the user, binary file object) for uploads; a path for files on disk.
+Input = str | os.PathLike | tuple[str, BinaryIO]
+Progress = Callable[[str, int, int], None]  # (what, done_bytes, total_bytes)
+
+_IDENTITY_CODE_COLUMNS = ("auth_code", "code")
+_IDENTITY_USER_COLUMNS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias")
+
+
+@dataclass
+class FileReport:
+    path: str
+    format: str | None = None
+    records: int = 0
+    new_deliveries: int = 0
+    duplicate_deliveries: int = 0  # already stored, or repeated inside this run
+    rejected: int = 0
+    untimed: int = 0
+    unreadable_times: int = 0
+    error: str | None = None
+
+
+@dataclass
+class IdentityReport:
+    path: str
+    rows: int = 0
+    mapped: int = 0
+    rejected_lines: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    run_id: int
+    files: list[FileReport]
+    identities: IdentityReport | None
+    seconds: float
+    phases: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ingest(
+    store: Store,
+    inputs: Iterable[Input],
+    *,
+    identities: Input | None = None,
+    progress: Progress | None = None,
+    access_ttl_s: int | None = None,
+) -> IngestReport:
+    inputs = list(inputs)
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    total = sum(_size(i) for i in inputs) or 1
+    done_before = 0
+    reports: list[FileReport] = []
+    sources: list[tuple[int, str, FileReport]] = []
+    with store.transaction() as cur:
+        install_macros(cur)
+        run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_files").fetchone()[0]
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE stage ({STAGE_COLUMNS})")
+        t0 = time.perf_counter()
+        for item in inputs:
+            try:
+                name, fileobj, owned = _open(item)
+            except OSError as e:
+                reports.append(FileReport(os.fspath(item), error=f"{os.fspath(item)}: cannot open: {e.strerror or e}"))
+                continue
+            try:
+                size = _size(item)
+
+                def on_bytes(n: int, _base=done_before, _name=name) -> None:
+                    if progress:
+                        progress(f"reading {Path(_name).name}", _base + n, total)
+
+                try:
+                    for source in open_sources(name, fileobj, on_bytes):
+                        report = FileReport(source.name, source.format)
+                        reports.append(report)
+                        source_id = len(sources) + 1
+                        sources.append((source_id, source.name, report))
+                        try:
+                            _stage_source(cur, store.key, source_id, source.batches, report)
+                        except ReadError as e:
+                            report.error = str(e)
+                except ReadError as e:
+                    reports.append(FileReport(name, error=str(e)))
+                except OSError as e:
+                    reports.append(FileReport(name, error=f"{name}: cannot read: {e.strerror or e}"))
+            finally:
+                if owned:
+                    fileobj.close()
+            done_before += size
+        phases["read+stage"] = time.perf_counter() - t0
+
+        id_report = _stage_identities(cur, store.key, identities) if identities is not None else None
+
+        if progress:
+            progress("merging", total, total)
+        t0 = time.perf_counter()
+        _merge(cur, run_id, sources)
+        phases["merge"] = time.perf_counter() - t0
+
+        if progress:
+            progress("linking chains", total, total)
+        t0 = time.perf_counter()
+        ttl = access_ttl_s or int(store.get_meta("access_ttl_s", str(DEFAULT_ACCESS_TTL_S)))
+        lineage.rebuild(cur, access_ttl_s=ttl)
+        set_meta(cur, "access_ttl_s", ttl)
+        phases["lineage"] = time.perf_counter() - t0
+        for _sid, _name, r in sources:
+            cur.execute(
+                "INSERT INTO ingest_files VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, r.path, r.format, r.records, r.new_deliveries, r.duplicate_deliveries, r.rejected,
+                 r.untimed, r.error],
+            )
+        for r in reports:
+            if r.format is None:
+                cur.execute(
+                    "INSERT INTO ingest_files VALUES (?, now()::TIMESTAMP, ?, NULL, 0, 0, 0, 0, 0, ?)",
+                    [run_id, r.path, r.error],
+                )
+        cur.execute("DROP TABLE stage")
+    return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
+
+
+# -- staging -------------------------------------------------------------------------------------------------
+
+
+def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) -> None:
+    layout: Layout | None = None
+    learned = False
+    params = {"key": key, "source_id": source_id}
+    for batch in batches:
+        table = pa.table(
+            {
+                "record_no": pa.array(batch.record_nos, pa.int64()),
+                "raw": pa.array(batch.texts, pa.string()),
+                "err": pa.array(batch.errors, pa.string()),
+            }
+        )
+        if not learned:
+            layout, learned = learn_layout(t for t, e in zip(batch.texts, batch.errors, strict=True) if e is None), True
+        cur.register("tt_batch", table)
+        try:
+            if layout is not None:
+                cur.execute(f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params)
+                lo, hi = batch.record_nos[0], batch.record_nos[-1]
+                rest = cur.execute(
+                    "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
+                    "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
+                    {"sid": source_id, "lo": lo, "hi": hi},
+                ).fetchall()
+            else:
+                rest = list(zip(batch.record_nos, batch.texts, batch.errors, strict=True))
+        finally:
+            cur.unregister("tt_batch")
+        if rest:
+            cur.register("tt_slow", _locate_slow(rest))
+            try:
+                cur.execute(f"INSERT INTO stage {normalize_sql('tt_slow')}", params)
+            finally:
+                cur.unregister("tt_slow")
+        report.records += len(batch)
+    row = cur.execute(
+        "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
+        "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
+        [source_id],
+    ).fetchone()
+    report.rejected, report.untimed, report.unreadable_times = row
+
+
+def _fast_relation(layout: Layout) -> str:
+    e = layout.sql("raw")
+    keys = "['" + "', '".join(NOTIFICATION_FIELDS) + "']"
+    tokens = "['" + "', '".join(TOKEN_FIELDS) + "']"
+    need_time = "" if layout.time is None else " AND time_raw IS NOT NULL"
+    return f"""(
+        SELECT record_no, raw, err, NULL::VARCHAR AS reason, notif, time_raw, identity_raw
+        FROM (
+            SELECT record_no, raw, err, try({e['notif']}) AS notif,
+                   try({e['time_raw']}) AS time_raw, try({e['identity_raw']}) AS identity_raw
+            FROM tt_batch WHERE err IS NULL
+        )
+        WHERE json_type(notif) = 'OBJECT'
+          AND (list_has(json_keys(notif), 'notification_type')
+               OR len(list_intersect(json_keys(notif), {tokens})) >= 2){need_time}
+          AND len(list_intersect(json_keys(notif), {keys})) > 0
+    ) AS fast"""
+
+
+def _locate_slow(rows) -> pa.Table:
+    cols: dict[str, list] = {k: [] for k in ("record_no", "raw", "err", "reason", "notif", "time_raw", "identity_raw")}
+    for record_no, raw, err in rows:
+        found = locate(raw) if err is None else None
+        cols["record_no"].append(record_no)
+        cols["raw"].append(raw)
+        cols["err"].append(err)
+        if found is None:
+            cols["reason"].append(None)
+            cols["notif"].append(None)
+            cols["time_raw"].append(None)
+            cols["identity_raw"].append(None)
+            continue
+        cols["reason"].append(found.reason)
+        cols["notif"].append(None if found.notification is None else json.dumps(found.notification))
+        cols["time_raw"].append(found.time)
+        cols["identity_raw"].append(found.identity)
+    return pa.table(
+        {
+            "record_no": pa.array(cols["record_no"], pa.int64()),
+            **{k: pa.array(cols[k], pa.string()) for k in ("raw", "err", "reason", "notif", "time_raw", "identity_raw")},
+        }
+    )
+
+
+def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
+    name, fileobj, owned = _open(item)
+    report = IdentityReport(name)
+    cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp VARCHAR, identity VARCHAR)")
+    try:
+        text = io.TextIOWrapper(fileobj, encoding="utf-8-sig", errors="replace", newline="")
+        reader = csv.reader(text)
+        header = [h.strip().lower() for h in next(reader, [])]
+        code_col = next((header.index(c) for c in _IDENTITY_CODE_COLUMNS if c in header), None)
+        user_col = next((header.index(c) for c in _IDENTITY_USER_COLUMNS if c in header), None)
+        if code_col is None or user_col is None:
+            report.error = (
+                f"{name}: an identity mapping needs a header row with an auth-code column "
+                f"({' or '.join(_IDENTITY_CODE_COLUMNS)}) and a user column ({', '.join(_IDENTITY_USER_COLUMNS)}); "
+                f"found: {', '.join(header) or 'no header'}"
+            )
+            return report
+        codes, users = [], []
+        for row in reader:
+            report.rows += 1
+            code = row[code_col].strip() if len(row) > code_col else ""
+            user = row[user_col].strip() if len(row) > user_col else ""
+            if not code or not user:
+                report.rejected_lines.append(reader.line_num)
+                continue
+            codes.append(code)
+            users.append(user)
+        cur.register("tt_ids", pa.table({"code": pa.array(codes, pa.string()), "identity": pa.array(users, pa.string())}))
+        cur.execute(
+            "INSERT INTO stage_identities SELECT left(sha256($key || code), 32), identity FROM tt_ids", {"key": key}
+        )
+        cur.unregister("tt_ids")
+        report.mapped = len(codes)
+        # A later mapping for the same auth code replaces the earlier one.
+        cur.execute(
+            "DELETE FROM identity_map WHERE auth_code_fp IN (SELECT auth_code_fp FROM stage_identities)"
+        )
+        cur.execute(
+            "INSERT INTO identity_map SELECT auth_code_fp, any_value(identity), ? FROM stage_identities "
+            "GROUP BY auth_code_fp",
+            [name],
+        )
+    except (OSError, UnicodeError, csv.Error) as e:
+        report.error = f"{name}: cannot read the identity mapping: {e}"
+    finally:
+        cur.execute("DROP TABLE IF EXISTS stage_identities")
+        if owned:
+            fileobj.close()
+    return report
+
+
+# -- merge ---------------------------------------------------------------------------------------------------
+
+def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None:
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR)")
+    if sources:
+        cur.executemany("INSERT INTO tt_sources VALUES (?, ?)", [(sid, name) for sid, name, _ in sources])
+    # A delivery is a payload at a time: re-reading the same record, or an overlapping export, adds nothing.
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE tt_new AS
+        SELECT * FROM (
+            SELECT s.*, md5(s.event_id || '|' || coalesce(strftime(s.received_at, '%Y-%m-%dT%H:%M:%S.%f'), 'untimed'))
+                       AS delivery_id
+            FROM stage s WHERE s.reason IS NULL
+        ) n
+        WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = n.delivery_id)
+        QUALIFY row_number() OVER (PARTITION BY delivery_id ORDER BY source_id, record_no) = 1
+        """
+    )
+    for sid, _name, report in sources:
+        valid, new = cur.execute(
+            "SELECT (SELECT count(*) FROM stage WHERE source_id = $sid AND reason IS NULL), "
+            "(SELECT count(*) FROM tt_new WHERE source_id = $sid)",
+            {"sid": sid},
+        ).fetchone()
+        report.new_deliveries, report.duplicate_deliveries = new, valid - new
+    cur.execute(
+        """
+        INSERT INTO deliveries
+        SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no
+        FROM tt_new n JOIN tt_sources s USING (source_id)
+        """,
+        {"run_id": run_id},
+    )
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE tt_touched AS
+        SELECT event_id, any_value(notification_type) AS notification_type,
+               any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
+               any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp
+        FROM tt_new GROUP BY event_id
+        """
+    )
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE tt_events AS
+        SELECT t.*, a.first_seen, a.last_seen, a.deliveries, a.identity
+        FROM tt_touched t JOIN (
+            SELECT event_id, min(received_at) AS first_seen, max(received_at) AS last_seen,
+                   count(*)::INTEGER AS deliveries,
+                   arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL)
+                       AS identity
+            FROM deliveries WHERE event_id IN (SELECT event_id FROM tt_touched) GROUP BY event_id
+        ) a USING (event_id)
+        """
+    )
+    cur.execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM tt_touched)")
+    cur.execute("INSERT INTO events SELECT * FROM tt_events")
+    cur.execute(
+        """
+        INSERT INTO quarantine
+        SELECT q.quarantine_id, $run_id, s.source, q.record_no, q.reason, q.excerpt
+        FROM stage q JOIN tt_sources s USING (source_id)
+        WHERE q.reason IS NOT NULL
+          AND q.quarantine_id NOT IN (SELECT quarantine_id FROM quarantine)
+        QUALIFY row_number() OVER (PARTITION BY q.quarantine_id ORDER BY q.source_id) = 1
+        """,
+        {"run_id": run_id},
+    )
+    for t in ("tt_new", "tt_touched", "tt_events", "tt_sources"):
+        cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+
+
+def _open(item: Input) -> tuple[str, BinaryIO, bool]:
+    if isinstance(item, tuple):
+        name, fileobj = item
+        return name, fileobj, False
+    path = os.fspath(item)
+    return path, open(path, "rb"), True  # noqa: SIM115 - closed by the caller
+
+
+def _size(item: Input) -> int:
+    if isinstance(item, tuple):
+        f = item[1]
+        try:
+            pos = f.tell()
+            end = f.seek(0, io.SEEK_END)
+            f.seek(pos)
+            return end
+        except (OSError, AttributeError):
+            return 0
+    try:
+        return os.path.getsize(item)
+    except OSError:
+        return 0

@@ -1,0 +1,181 @@
+"""The DuckDB store: one file, one writer, fingerprints only.
+
+Design choices:
+
+* **One connection wrapper** (`Store`). DuckDB allows one read-write process per database file; inside a
+  process, one connection and a `cursor()` per thread. The dashboard opens one `Store` and every page query
+  takes its own cursor; the CLI opens its own when no dashboard holds the file.
+* **No raw credentials on disk.** Tokens and auth codes are stored as keyed fingerprints: the first 128 bits
+  of SHA-256(key || value) with a 256-bit random key kept beside the database in `<db>.key` (mode 0600,
+  never in the repository). Truncating the digest makes length extension useless, so this keyed hash is a
+  sound PRF; a truncated, keyed digest of a random token reveals nothing and cannot be matched without the
+  key. The key never enters the database file.
+* **No PRIMARY KEY indexes.** DuckDB's ART indexes make bulk loads slow and memory-hungry; the ingest
+  deduplicates with anti-joins instead (see `ingest.pipeline`).
+* **Derived tables** (`lineage`, `chains`) are rebuilt by `ingest.lineage` inside the ingest transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR);
+
+-- One row per file (or zip member) per ingest call: what was read and what it added.
+CREATE TABLE IF NOT EXISTS ingest_files (
+    run_id INTEGER, started_at TIMESTAMP, source VARCHAR, format VARCHAR,
+    records BIGINT, new_deliveries BIGINT, known_deliveries BIGINT, rejected BIGINT, untimed BIGINT,
+    error VARCHAR
+);
+
+-- One received notification (one log record). delivery_id = md5(event_id | received_at).
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id VARCHAR, event_id VARCHAR, received_at TIMESTAMP, identity VARCHAR,
+    run_id INTEGER, source VARCHAR, record_no BIGINT
+);
+
+-- One distinct notification payload; deliveries with the same payload collapse into it.
+CREATE TABLE IF NOT EXISTS events (
+    event_id VARCHAR, notification_type VARCHAR,
+    auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, old_refresh_token_fp VARCHAR,
+    first_seen TIMESTAMP, last_seen TIMESTAMP, deliveries INTEGER, identity VARCHAR
+);
+
+-- Records that could not be read as notifications: kept with the reason, token-like values masked.
+CREATE TABLE IF NOT EXISTS quarantine (
+    quarantine_id VARCHAR, run_id INTEGER, source VARCHAR, record_no BIGINT, reason VARCHAR, excerpt VARCHAR
+);
+
+-- auth code fingerprint -> identity, from identity mapping files.
+CREATE TABLE IF NOT EXISTS identity_map (auth_code_fp VARCHAR, identity VARCHAR, source VARCHAR);
+
+-- Derived by ingest.lineage.
+CREATE TABLE IF NOT EXISTS lineage (
+    event_id VARCHAR, parent_id VARCHAR, chain_id VARCHAR, depth INTEGER,
+    interval_s DOUBLE, refresh_class VARCHAR, forked BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS chains (
+    chain_id VARCHAR, orphan BOOLEAN, root_type VARCHAR, identity VARCHAR,
+    first_seen TIMESTAMP, last_seen TIMESTAMP, events INTEGER, deliveries INTEGER, refreshes INTEGER,
+    forks INTEGER, late_refreshes INTEGER, early_refreshes INTEGER, untimed_events INTEGER,
+    span_s DOUBLE, lifetime_s DOUBLE, end_state VARCHAR, unknown_parent_fp VARCHAR, cycle_broken BOOLEAN
+);
+"""
+
+DEFAULT_ACCESS_TTL_S = 3600
+DEFAULT_REFRESH_TTL_S = 14 * 24 * 3600
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message says why and what to do."""
+
+
+class Store:
+    """A DuckDB database file plus its fingerprint key. Use `Store.open(path)`."""
+
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection, key: str, read_only: bool):
+        self.path = path
+        self.con = con
+        self.key = key
+        self.read_only = read_only
+        # Serialises writers inside one process (Streamlit sessions are threads).
+        self.write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike = ":memory:", *, read_only: bool = False, memory_limit: str | None = None) -> Store:
+        path = str(path)
+        in_memory = path == ":memory:"
+        if not in_memory:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        existed = in_memory or Path(path).exists()
+        config = {"threads": os.cpu_count() or 2}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        try:
+            con = duckdb.connect(path, read_only=read_only, config=config)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise StoreError(
+                    f"{path} is in use by another tokentrail process (a running dashboard or ingest). "
+                    "Upload through the dashboard's Upload page, or stop the other process and try again."
+                ) from e
+            raise StoreError(f"cannot open the database {path}: {e}") from e
+        con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            con.execute(SCHEMA)
+            if not con.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchone()[0]:
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+        key = secrets.token_hex(32) if in_memory else _load_or_create_key(path, existed=existed, con=con)
+        return cls(path, con, key, read_only)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self.con.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        return cur
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One writer at a time; everything inside commits together or not at all."""
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only; ingest needs it read-write")
+        with self.write_lock:
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.cursor().execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def set_meta(cur: duckdb.DuckDBPyConnection, key: str, value: object) -> None:
+    cur.execute("DELETE FROM meta WHERE key = ?", [key])
+    cur.execute("INSERT INTO meta VALUES (?, ?)", [key, None if value is None else str(value)])
+
+
+def key_path(db_path: str) -> Path:
+    return Path(db_path + ".key")
+
+
+def _load_or_create_key(db_path: str, *, existed: bool, con: duckdb.DuckDBPyConnection) -> str:
+    kp = key_path(db_path)
+    if kp.exists():
+        mode = kp.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(kp, 0o600)  # tighten a key someone copied with loose permissions
+        key = kp.read_text().strip()
+        if len(key) != 64:
+            raise StoreError(f"the fingerprint key {kp} is damaged (expected 64 hex characters)")
+        return key
+    has_data = existed and con.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+    if has_data:
+        raise StoreError(
+            f"the fingerprint key {kp} is missing, but {db_path} holds data fingerprinted with it. "
+            "Restore the key file, or start a new database with --db NEWFILE."
+        )
+    key = secrets.token_hex(32)
+    fd = os.open(kp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key

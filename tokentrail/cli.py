@@ -1,0 +1,265 @@
+"""The `tokentrail` command: ingest, summary, chains, quarantine, demo, serve.
+
+The JSON outputs (`--json`) are a public interface (see DOMAIN.md): keys are only ever added.
+Human output is a table on stdout; progress goes to stderr, as a bar when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tokentrail.config import DB_ENV, PROJECT_ROOT, default_db_path, demo_dir_for
+
+EPILOG = """examples:
+  tokentrail demo                                   build the demo database the dashboard opens on
+  tokentrail ingest export.jsonl.gz loki.json --identities users.csv
+  tokentrail summary --json
+  tokentrail chains --identity alice@example.com
+  tokentrail quarantine                             records that could not be read, and why
+  tokentrail serve --port 8501                      the dashboard (http://127.0.0.1:8501)
+
+The database defaults to data/tokentrail.duckdb (or $TOKENTRAIL_DB); --db selects another.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tokentrail",
+        description="Follow Tyk OAuth refresh-token lineage through notification logs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", type=Path, default=None, help=f"database file (default: ${DB_ENV} or data/tokentrail.duckdb)")
+
+    p = sub.add_parser("ingest", help="load notification log exports", description="Load log exports of any platform "
+                       "(JSON Lines, JSON, CSV/TSV, gzip/zip...) into the database and rebuild the chains.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    db_arg(p)
+    p.add_argument("--identities", type=Path, metavar="CSVFILE", help="identity mapping: CSV with auth_code,user_id columns")
+    p.add_argument("--access-ttl", type=int, metavar="SECONDS", help="access-token lifetime (default 3600, Tyk's oauth_token_expire)")
+    p.add_argument("--json", action="store_true", help="print the ingest report as JSON")
+
+    p = sub.add_parser("summary", help="counts: deliveries, events, chains, orphans, forks...")
+    db_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("chains", help="the chains (sessions) of one identity")
+    p.add_argument("--identity", required=True, metavar="USER")
+    db_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("quarantine", help="records that could not be read as notifications, with the reason")
+    db_arg(p)
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="write a simulated fleet's logs and load them (the dashboard's default data)")
+    db_arg(p)
+    p.add_argument("--days", type=int, default=5)
+    p.add_argument("--users", type=int, default=150)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--force", action="store_true", help="replace an existing database")
+
+    p = sub.add_parser("serve", help="start the dashboard")
+    db_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+
+    args = parser.parse_args(argv)
+    db = (args.db or default_db_path()).expanduser()
+    try:
+        return _COMMANDS[args.command](args, db)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed", file=sys.stderr)
+        return 130
+    except _UserError as e:
+        print(f"tokentrail: {e}", file=sys.stderr)
+        return 2
+
+
+class _UserError(Exception):
+    pass
+
+
+def _open_store(db: Path, *, must_exist: bool = False, read_only: bool = False):
+    from ingest.store import Store, StoreError
+
+    if must_exist and not db.exists():
+        raise _UserError(f"no database at {db}. Load data first: tokentrail ingest FILE --db {db} (or tokentrail demo)")
+    try:
+        return Store.open(db, read_only=read_only)
+    except StoreError as e:
+        raise _UserError(str(e)) from e
+
+
+def cmd_ingest(args, db: Path) -> int:
+    from ingest.pipeline import ingest
+
+    store = _open_store(db, read_only=False)
+    bar = _Progress()
+    try:
+        report = ingest(store, args.paths, identities=args.identities, progress=bar, access_ttl_s=args.access_ttl)
+    finally:
+        bar.close()
+        store.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    rows = [
+        [f.path, f.format or "-", f.records, f.new_deliveries, f.duplicate_deliveries, f.rejected, f.untimed]
+        for f in report.files
+    ]
+    _table(["file", "format", "records", "new", "already stored", "rejected", "untimed"], rows)
+    for f in report.files:
+        if f.error:
+            print(f"error: {f.error}", file=sys.stderr)
+        if f.unreadable_times:
+            print(f"note: {f.path}: {f.unreadable_times} records had a time that could not be read; "
+                  "they count as untimed", file=sys.stderr)
+        if f.rejected:
+            print(f"note: {f.path}: {f.rejected} records rejected; see: tokentrail quarantine --db {db}", file=sys.stderr)
+    if report.identities:
+        r = report.identities
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(f"identities: {r.mapped} auth codes mapped from {r.path}"
+                  + (f"; rows skipped (empty code or user) at lines {r.rejected_lines[:10]}" if r.rejected_lines else ""))
+    print(f"done in {report.seconds:.1f}s -> {db}")
+    return 0
+
+
+def cmd_summary(args, db: Path) -> int:
+    from queries.summary import summary
+
+    store = _open_store(db, must_exist=True)
+    data = summary(store)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _table(["metric", "value"], [[k, "-" if v is None else v] for k, v in data.items()])
+    return 0
+
+
+def cmd_chains(args, db: Path) -> int:
+    from queries.summary import chains_for_identity
+
+    store = _open_store(db, must_exist=True)
+    data = chains_for_identity(store, args.identity)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data:
+        print(f"no chains for identity {args.identity!r}", file=sys.stderr)
+        return 0
+    _table(
+        ["chain", "first_seen", "last_seen", "events", "refreshes", "span_s", "end"],
+        [[c["chain_id"], c["first_seen"], c["last_seen"], c["events"], c["refreshes"],
+          None if c["span_s"] is None else round(c["span_s"]), c["end_state"]] for c in data],
+    )
+    return 0
+
+
+def cmd_quarantine(args, db: Path) -> int:
+    from queries.summary import quarantine
+
+    store = _open_store(db, must_exist=True)
+    data = quarantine(store, args.limit)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _table(["file", "record", "reason", "excerpt"], [[q["file"], q["record_no"], q["reason"], (q["excerpt"] or "")[:60]] for q in data])
+    return 0
+
+
+def cmd_demo(args, db: Path) -> int:
+    from ingest.demo import write_demo
+    from ingest.pipeline import ingest
+
+    if db.exists():
+        if not args.force:
+            raise _UserError(f"{db} exists; use --force to replace it with the demo data")
+        for p in (db, Path(str(db) + ".wal"), Path(str(db) + ".key")):
+            p.unlink(missing_ok=True)
+    out = demo_dir_for(db)
+    print(f"writing demo logs to {out} ...", file=sys.stderr)
+    paths = write_demo(out, days=args.days, users=args.users, seed=args.seed)
+    logs = [p for p in paths if p.suffix != ".csv"]
+    ids = next((p for p in paths if p.suffix == ".csv"), None)
+    store = _open_store(db)
+    bar = _Progress()
+    try:
+        report = ingest(store, logs, identities=ids, progress=bar)
+    finally:
+        bar.close()
+        store.close()
+    print(f"demo database ready: {db} ({sum(f.new_deliveries for f in report.files)} deliveries from {len(logs)} files)")
+    return 0
+
+
+def cmd_serve(args, db: Path) -> int:
+    env = dict(os.environ)
+    env[DB_ENV] = str(db.resolve())
+    if not db.exists():
+        print(f"{db} does not exist yet: building the demo data first", file=sys.stderr)
+        rc = cmd_demo(argparse.Namespace(days=5, users=150, seed=7, force=False), db)
+        if rc:
+            return rc
+    cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
+           "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false"]
+    print(f"tokentrail dashboard: http://{args.host}:{args.port}  (database {db})", file=sys.stderr)
+    return subprocess.call(cmd, env=env, cwd=PROJECT_ROOT)
+
+
+_COMMANDS = {
+    "ingest": cmd_ingest,
+    "summary": cmd_summary,
+    "chains": cmd_chains,
+    "quarantine": cmd_quarantine,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+}
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; otherwise silent."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = min(1.0, done / total) if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        sys.stderr.write(f"\r[{bar}] {frac:4.0%} {what[:40]:<40}")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _table(header: list[str], rows: list[list]) -> None:
+    cells = [[str("" if c is None else c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
