@@ -108,6 +108,8 @@ SELECT b.chain_id, b.orphan OR b.cycle_broken AS orphan, b.root_type, b.identity
        b.events, b.deliveries, b.refreshes, b.forks, b.late_refreshes, b.early_refreshes, b.untimed_events,
        b.span_s, b.span_s + $ttl AS lifetime_s,
        CASE WHEN b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
+                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM events
+                                               WHERE old_refresh_token_fp IS NOT NULL)
                 THEN 'forced_relogin'
             WHEN b.last_seen IS NULL THEN 'untimed'
             WHEN b.last_seen + to_seconds($ttl) >= (SELECT max(first_seen) FROM events) THEN 'active'
@@ -126,9 +128,9 @@ def rebuild(cur, *, access_ttl_s: int = 3600, refresh_ttl_s: int = DEFAULT_REFRE
     params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s)}
     cur.execute(_LINEAGE, {"ttl": float(access_ttl_s)})
     cur.execute(_CHAINS, params)
-    as_of = cur.execute("SELECT max(first_seen) FROM events").fetchone()[0]
+    as_of = cur.execute("SELECT max(first_seen) FROM events").fetchall()[0][0]
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
-    cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchone()[0]
+    cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
     for t in ("tt_ev", "tt_link", "tt_jump", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles}
@@ -138,11 +140,11 @@ def _resolve(cur) -> int:
     rounds = 0
     while True:
         cur.execute(_JUMP_START)
-        pending = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchone()[0]
+        pending = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchall()[0][0]
         while pending:
             cur.execute(_JUMP_ROUND)
             rounds += 1
-            still = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchone()[0]
+            still = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchall()[0][0]
             if still == pending:
                 break  # nothing resolved this round: the rest hangs on cycles
             pending = still

@@ -89,7 +89,7 @@ def ingest(
     sources: list[tuple[int, str, FileReport]] = []
     with store.transaction() as cur:
         install_macros(cur)
-        run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_files").fetchone()[0]
+        run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_files").fetchall()[0][0]
         cur.execute(f"CREATE OR REPLACE TEMP TABLE stage ({STAGE_COLUMNS})")
         t0 = time.perf_counter()
         for item in inputs:
@@ -198,7 +198,7 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) ->
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
         "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
         [source_id],
-    ).fetchone()
+    ).fetchall()[0]
     report.rejected, report.untimed, report.unreadable_times = row
 
 
@@ -321,7 +321,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
             "SELECT (SELECT count(*) FROM stage WHERE source_id = $sid AND reason IS NULL), "
             "(SELECT count(*) FROM tt_new WHERE source_id = $sid)",
             {"sid": sid},
-        ).fetchone()
+        ).fetchall()[0]
         report.new_deliveries, report.duplicate_deliveries = new, valid - new
     cur.execute(
         """

@@ -113,7 +113,7 @@ class Store:
         con.execute("SET TimeZone = 'UTC'")
         if not read_only:
             con.execute(SCHEMA)
-            if not con.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchone()[0]:
+            if not con.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchall()[0][0]:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
         key = secrets.token_hex(32) if in_memory else _load_or_create_key(path, existed=existed, con=con)
         return cls(path, con, key, read_only)
@@ -142,8 +142,8 @@ class Store:
                 cur.close()
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.cursor().execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else default
+        rows = self.cursor().execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        return rows[0][0] if rows else default
 
     def close(self) -> None:
         self.con.close()
@@ -168,7 +168,7 @@ def _load_or_create_key(db_path: str, *, existed: bool, con: duckdb.DuckDBPyConn
         if len(key) != 64:
             raise StoreError(f"the fingerprint key {kp} is damaged (expected 64 hex characters)")
         return key
-    has_data = existed and con.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+    has_data = existed and con.execute("SELECT count(*) FROM events").fetchall()[0][0] > 0
     if has_data:
         raise StoreError(
             f"the fingerprint key {kp} is missing, but {db_path} holds data fingerprinted with it. "

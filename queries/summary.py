@@ -61,7 +61,7 @@ def short(fp: str | None) -> str | None:
 def summary(store: Store) -> dict:
     cur = store.cursor()
     cols = [d[0] for d in cur.execute(_SUMMARY).description]
-    row = dict(zip(cols, cur.fetchone(), strict=True))
+    row = dict(zip(cols, cur.fetchall()[0], strict=True))
     for k in ("first_seen", "last_seen"):
         row[k] = iso(row[k])
     for k in ("median_chain_span_s", "median_session_lifetime_s"):
