@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -212,6 +213,10 @@ def _csv_dialect(lines: list[str]) -> str | None:
 # -- readers -------------------------------------------------------------------------------------------------
 
 
+# Grafana Explore's "Download logs" (txt) starts with a summary, then blank lines: part of the format, not records.
+_PREAMBLE = re.compile(r"^(Common labels|Line limit|Total bytes processed|Total lines processed|Summary|Query):")
+
+
 def _read_lines(name: str, stream: BinaryIO) -> Iterator[Batch]:
     batch = Batch()
     record_no = 0
@@ -233,7 +238,11 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[Batch]:
             tail = data
             continue
         tail = data[cut + 1 :]
+        start = len(batch)
+        at_start = record_no == 0
         record_no = yield from _split(data[: cut + 1], record_no, batch)
+        if at_start and len(batch) > start and _PREAMBLE.match(batch.texts[start]):
+            _drop_preamble(batch, start)
         if len(batch) >= BATCH_RECORDS:
             yield batch
             batch = Batch()
@@ -241,6 +250,15 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[Batch]:
         record_no = yield from _split(tail + b"\n", record_no, batch)
     if len(batch):
         yield batch
+
+
+def _drop_preamble(batch: Batch, start: int) -> None:
+    end = start
+    while end < len(batch) and end - start < 20 and _PREAMBLE.match(batch.texts[end]):
+        end += 1
+    while end < len(batch) and not batch.texts[end].strip():
+        end += 1
+    del batch.record_nos[start:end], batch.texts[start:end], batch.errors[start:end]
 
 
 def _split(data: bytes, record_no: int, batch: Batch) -> Iterator[Batch]:
@@ -275,7 +293,7 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
             header = next(reader)
         except StopIteration:
             return
-        header = [h.strip() for h in header]
+        header = [_unescape(h.strip()) for h in header]
         batch = Batch()
         line_end = reader.line_num
         try:
@@ -285,7 +303,7 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
                 if not any(cell.strip() for cell in row):
                     batch.add(record_no, "", None)
                 else:
-                    record = dict(zip(header, row, strict=False))
+                    record = dict(zip(header, map(_unescape, row), strict=False))
                     if len(row) > len(header):
                         record["_extra"] = row[len(header) :]
                     dumped = json.dumps(record, ensure_ascii=False)
@@ -305,6 +323,13 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
             yield batch
 
     return read
+
+
+def _unescape(cell: str) -> str:
+    """Undo spreadsheet formula escaping ('=..., '@timestamp) that Kibana and others apply to CSV exports."""
+    if len(cell) > 1 and cell[0] == "'" and cell[1] in "=+-@\t\r":
+        return cell[1:]
+    return cell
 
 
 def records_prefix(sample: bytes) -> str:

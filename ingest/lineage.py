@@ -26,14 +26,22 @@ SELECT row_number() OVER (ORDER BY event_id)::INTEGER AS n, event_id, notificati
 FROM events
 """
 
+# The issuer of a refresh token: the earliest event that issued it (new before refresh on a tie), never the
+# presenting event itself. Tyk's refresh tokens are random, so a token has one issuer in real data.
 _LINK = """
 CREATE OR REPLACE TEMP TABLE tt_link AS
-WITH issuer AS (
-    SELECT refresh_token_fp AS fp, arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), n)) AS n
-    FROM tt_ev WHERE refresh_token_fp IS NOT NULL GROUP BY refresh_token_fp
+WITH issuers AS (
+    SELECT refresh_token_fp AS fp, n,
+           row_number() OVER (PARTITION BY refresh_token_fp
+                              ORDER BY first_seen NULLS LAST, notification_type <> 'new', n) AS rank
+    FROM tt_ev WHERE refresh_token_fp IS NOT NULL
+    QUALIFY rank <= 2
 )
-SELECT e.n, CASE WHEN e.notification_type = 'refresh' AND i.n <> e.n THEN i.n END AS parent
-FROM tt_ev e LEFT JOIN issuer i ON i.fp = e.old_refresh_token_fp
+SELECT e.n,
+       CASE WHEN e.notification_type = 'refresh' THEN
+           (SELECT i.n FROM issuers i WHERE i.fp = e.old_refresh_token_fp AND i.n <> e.n ORDER BY i.rank LIMIT 1)
+       END AS parent
+FROM tt_ev e
 """
 
 _JUMP_START = """

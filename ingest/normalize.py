@@ -14,6 +14,10 @@ import duckdb
 
 # Macros: one time parser for every source, the fingerprint, and the excerpt mask.
 MACROS = r"""
+-- Placeholders log platforms write for "no value" (ClickHouse \N, Kibana's escaped '-, ...): not a value.
+CREATE OR REPLACE TEMP MACRO tt_value(s) AS
+    CASE WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', '(null)', 'N/A', 'n/a', 'undefined')
+         THEN NULL ELSE trim(s) END;
 CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
     CASE WHEN starts_with(s, '{') THEN s WHEN strpos(s, '{') > 0 THEN substr(s, strpos(s, '{')) END;
 CREATE OR REPLACE TEMP MACRO tt_text_prefix(s) AS
@@ -42,7 +46,7 @@ CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
     END;
 CREATE OR REPLACE TEMP MACRO tt_time(s) AS (
     SELECT CASE WHEN t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01' THEN t END
-    FROM (SELECT tt_time_any(nullif(trim(s), '')) AS t));
+    FROM (SELECT tt_time_any(tt_value(s)) AS t));
 CREATE OR REPLACE TEMP MACRO tt_mask(s) AS
     regexp_replace(
         regexp_replace(s, '("?(auth_code|code|new_oauth_token|refresh_token|old_refresh_token|access_token|token)"?\s*[:=]\s*"?)[^",}\s]+', '\1***', 'gi'),
@@ -73,8 +77,8 @@ WITH x AS (
     FROM {{rel}}
 ), f AS (
     SELECT *, lower(v[1] ->> '$') AS ntype,
-           nullif(v[2] ->> '$', '') AS auth_code, nullif(v[3] ->> '$', '') AS access_token,
-           nullif(v[4] ->> '$', '') AS refresh_token, nullif(v[5] ->> '$', '') AS old_refresh_token
+           tt_value(v[2] ->> '$') AS auth_code, tt_value(v[3] ->> '$') AS access_token,
+           tt_value(v[4] ->> '$') AS refresh_token, tt_value(v[5] ->> '$') AS old_refresh_token
     FROM x
 ), c AS (
     SELECT *, CASE
@@ -110,7 +114,7 @@ FROM (
            CASE WHEN why IS NULL THEN left(sha256($key || refresh_token), 32) END AS refresh_token_fp,
            CASE WHEN why IS NULL THEN left(sha256($key || old_refresh_token), 32) END AS old_refresh_token_fp,
            CASE WHEN why IS NULL THEN tt_time(time_raw) END AS received_at, time_raw,
-           CASE WHEN why IS NULL THEN nullif(trim(identity_raw), '') END AS identity
+           CASE WHEN why IS NULL THEN tt_value(identity_raw) END AS identity
     FROM c
 )
 """

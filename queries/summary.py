@@ -33,8 +33,7 @@ SELECT
     (SELECT count(*) FROM lineage WHERE refresh_class = 'late') AS late_refreshes,
     (SELECT count(*) FROM chains WHERE cycle_broken) AS cycles_broken,
     (SELECT min(received_at) FROM deliveries) AS first_seen,
-    (SELECT max(received_at) FROM deliveries) AS last_seen,
-    (SELECT count(DISTINCT source) FROM ingest_files WHERE error IS NULL) AS files
+    (SELECT max(received_at) FROM deliveries) AS last_seen
 """
 
 _CHAINS_FOR_IDENTITY = """

@@ -1,0 +1,337 @@
+"""Named queries behind the Identity drill-down: one identity's chains, events and lineage trees, and a
+plain-words answer to "why did this user's session drop?".
+
+Everything is selected by identity first (a few hundred events at most for a person), so these queries stay
+fast on a large store. The answer (`session_findings`) only says what the data shows:
+
+* **forced re-login**: the identity started a new chain while the previous chain's last refresh token was
+  never presented and still valid: the app lost its tokens;
+* **late refresh**: a refresh came after the access token it replaced had expired;
+* **fork**: one refresh token was presented by two refresh events (two app instances racing, or a replay);
+* **possible continuation**: an orphan chain (which has no identity) started soon after one of this
+  identity's chains ended. One lost notification hides one refresh, so the orphan's first event comes one
+  to two token lifetimes after the chain's last event; the match is by time only, and the finding says how
+  many other sessions ended in the same window, so it reads as the guess it is.
+
+Times are `[start, end)` on the chain's `first_seen`. Fingerprints leave here short (`queries.summary.short`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+
+from ingest.store import DEFAULT_REFRESH_TTL_S, Store
+from queries.lifetimes import duration_text
+from queries.refresh import access_ttl_s
+from queries.summary import SHORT_FP
+
+CONTINUATION_SLACK_S = 900  # beyond two token lifetimes, how late an orphan may start to count as a continuation
+
+_IN_RANGE = """
+  AND (CAST($start AS TIMESTAMP) IS NULL OR c.first_seen >= $start)
+  AND (CAST($end AS TIMESTAMP) IS NULL OR c.first_seen < $end)
+"""
+
+_OPTIONS = f"""
+SELECT identity FROM chains c WHERE identity IS NOT NULL {_IN_RANGE}
+GROUP BY identity ORDER BY identity LIMIT $limit
+"""
+
+_SEARCH = """
+SELECT identity FROM chains WHERE identity IS NOT NULL AND contains(lower(identity), lower($text))
+GROUP BY identity ORDER BY identity LIMIT $limit
+"""
+
+_IDENTITY_OVERVIEW = """
+SELECT count(*) AS chains, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+       sum(events)::BIGINT AS events
+FROM chains WHERE identity = $identity
+"""
+
+# next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
+# forced re-login); last_refresh_used: whether any refresh presented the chain's last refresh token.
+_CHAINS = f"""
+WITH mine AS (
+    SELECT * FROM chains WHERE identity = $identity
+), last_token AS (
+    SELECT l.chain_id, arg_max(e.refresh_token_fp, (e.first_seen, e.event_id)) AS last_refresh_fp
+    FROM lineage l JOIN events e USING (event_id)
+    WHERE l.chain_id IN (SELECT chain_id FROM mine)
+    GROUP BY l.chain_id
+), nxt AS (
+    SELECT c.chain_id, d.first_seen AS next_start, d.chain_id AS next_chain_id
+    FROM mine c ASOF JOIN mine d ON d.first_seen > c.last_seen
+)
+SELECT c.chain_id, left(c.chain_id, {SHORT_FP}) AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
+       c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
+       n.next_start, left(n.next_chain_id, {SHORT_FP}) AS next_chain,
+       t.last_refresh_fp IS NOT NULL
+           AND t.last_refresh_fp IN (SELECT old_refresh_token_fp FROM events WHERE old_refresh_token_fp IS NOT NULL)
+           AS last_refresh_used
+FROM mine c LEFT JOIN nxt n USING (chain_id) LEFT JOIN last_token t USING (chain_id)
+WHERE TRUE {_IN_RANGE}
+ORDER BY c.first_seen NULLS LAST, c.chain_id
+"""
+
+_EVENTS = f"""
+WITH mine AS (
+    SELECT chain_id FROM chains c
+    WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = $chain_id) {_IN_RANGE}
+)
+SELECT e.event_id, left(e.event_id, {SHORT_FP}) AS event, l.chain_id, left(l.chain_id, {SHORT_FP}) AS chain,
+       e.first_seen AS time, e.notification_type AS type, e.deliveries,
+       left(e.access_token_fp, {SHORT_FP}) AS access_token, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_token,
+       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_token,
+       l.refresh_class, l.interval_s, l.depth, l.forked, l.parent_id, left(l.parent_id, {SHORT_FP}) AS parent,
+       p.first_seen AS parent_time
+FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
+LEFT JOIN events p ON p.event_id = l.parent_id
+ORDER BY e.first_seen NULLS LAST, e.event_id
+"""
+
+_CHAIN_EVENTS = f"""
+SELECT e.event_id, l.parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
+       l.forked, l.refresh_class, l.interval_s,
+       left(e.access_token_fp, {SHORT_FP}) AS access_token, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_token,
+       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_token
+FROM lineage l JOIN events e USING (event_id)
+WHERE l.chain_id = $chain_id
+ORDER BY e.first_seen NULLS LAST, e.event_id
+"""
+
+_FORKS = f"""
+WITH mine AS (
+    SELECT chain_id FROM chains c WHERE identity = $identity {_IN_RANGE}
+)
+SELECT left(l.chain_id, {SHORT_FP}) AS chain, e.old_refresh_token_fp AS token,
+       min(e.first_seen) AS first_at, max(e.first_seen) AS last_at, count(*) AS presented
+FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
+WHERE l.forked
+GROUP BY ALL ORDER BY first_at
+"""
+
+# Orphan chains that started one to two token lifetimes (plus slack) after one of the identity's chains
+# ended, with the number of sessions (any identity) that ended in the same window before each orphan.
+_CONTINUATIONS = f"""
+WITH mine AS (
+    SELECT chain_id, last_seen FROM chains c
+    WHERE identity = $identity AND end_state IN ('ended', 'forced_relogin') AND last_seen IS NOT NULL {_IN_RANGE}
+), cand AS (
+    SELECT m.chain_id, m.last_seen, o.chain_id AS orphan_id, o.first_seen AS orphan_start, o.events AS orphan_events,
+           o.span_s AS orphan_span_s
+    FROM mine m JOIN chains o
+      ON o.orphan AND o.first_seen > m.last_seen AND o.first_seen <= m.last_seen + to_seconds($window_s)
+    -- an orphan within one token lifetime of the data's start has its parent before the data
+    WHERE o.first_seen >= (SELECT min(received_at) FROM deliveries) + to_seconds($ttl)
+    QUALIFY row_number() OVER (PARTITION BY m.chain_id ORDER BY o.first_seen) = 1
+), rivals AS (
+    SELECT c.orphan_id, count(*) - 1 AS other_sessions
+    FROM (SELECT DISTINCT orphan_id, orphan_start FROM cand) c
+    JOIN chains r ON NOT r.orphan AND r.end_state IN ('ended', 'forced_relogin')
+                 AND r.last_seen < c.orphan_start AND r.last_seen >= c.orphan_start - to_seconds($window_s)
+    GROUP BY c.orphan_id
+)
+SELECT left(c.chain_id, {SHORT_FP}) AS chain, c.last_seen, left(c.orphan_id, {SHORT_FP}) AS orphan_chain,
+       c.orphan_start, c.orphan_events, c.orphan_span_s, coalesce(r.other_sessions, 0) AS other_sessions
+FROM cand c LEFT JOIN rivals r USING (orphan_id)
+ORDER BY c.orphan_start
+"""
+
+
+def _range(start, end) -> dict:
+    return {"start": start, "end": end}
+
+
+def refresh_ttl_s(store: Store) -> int:
+    return int(store.get_meta("refresh_ttl_s", str(DEFAULT_REFRESH_TTL_S)) or DEFAULT_REFRESH_TTL_S)
+
+
+def identity_options(store: Store, start: datetime | None, end: datetime | None, limit: int = 5000) -> list[str]:
+    """Identities with a chain starting in the range, alphabetically (at most `limit`)."""
+    cur = store.cursor()
+    return [r[0] for r in cur.execute(_OPTIONS, {**_range(start, end), "limit": int(limit)}).fetchall()]
+
+
+def search_identities(store: Store, text: str, limit: int = 50) -> list[str]:
+    """Identities containing `text` (case-insensitive), over all data."""
+    cur = store.cursor()
+    return [r[0] for r in cur.execute(_SEARCH, {"text": text, "limit": int(limit)}).fetchall()]
+
+
+def identity_overview(store: Store, identity: str) -> dict:
+    """All of an identity's chains, whatever the range: chains, first_seen, last_seen, events."""
+    cur = store.cursor()
+    cur.execute(_IDENTITY_OVERVIEW, {"identity": identity})
+    cols = [d[0] for d in cur.description]
+    return dict(zip(cols, cur.fetchall()[0], strict=True))
+
+
+def identity_chains(store: Store, identity: str, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+    """The identity's chains starting in the range, oldest first, with the next chain's start (any time)."""
+    cur = store.cursor()
+    cur.execute(_CHAINS, {**_range(start, end), "identity": identity})
+    return cur.df()
+
+
+def identity_events(
+    store: Store, identity: str, start: datetime | None, end: datetime | None, chain_id: str | None = None
+) -> pd.DataFrame:
+    """Events of the identity's chains in the range (or of one of them), with short fingerprints."""
+    cur = store.cursor()
+    cur.execute(_EVENTS, {**_range(start, end), "identity": identity, "chain_id": chain_id})
+    return cur.df()
+
+
+def lineage_tree(store: Store, chain_id: str) -> pd.DataFrame:
+    """One chain's events laid out as a tree: x = time, y = `lane` (0 = the main line).
+
+    At each event, the child with the largest subtree continues its parent's lane (the session that went
+    on); every other child (the losing side of a fork) opens a new lane below. Columns: event_id, parent_id,
+    time, type, deliveries, depth, forked, refresh_class, interval_s, short fingerprints, lane, subtree.
+    """
+    cur = store.cursor()
+    cur.execute(_CHAIN_EVENTS, {"chain_id": chain_id})
+    df = cur.df()
+    if df.empty:
+        df["lane"] = pd.Series(dtype="int64")
+        df["subtree"] = pd.Series(dtype="int64")
+        return df
+    ids = list(df["event_id"])
+    order = {eid: i for i, eid in enumerate(ids)}  # time order (untimed last)
+    children: dict[str, list[str]] = {eid: [] for eid in ids}
+    roots = []
+    for eid, parent in zip(df["event_id"], df["parent_id"], strict=True):
+        if isinstance(parent, str) and parent in children:
+            children[parent].append(eid)
+        else:
+            roots.append(eid)
+    size: dict[str, int] = {}
+    for eid in _postorder(roots, children):
+        size[eid] = 1 + sum(size[c] for c in children[eid])
+    lane: dict[str, int] = {}
+    next_lane = 0
+    stack = []
+    for r in roots:
+        lane[r] = next_lane
+        next_lane += 1
+        stack.append(r)
+    while stack:
+        eid = stack.pop()
+        kids = sorted(children[eid], key=lambda c: (-size[c], order[c]))
+        for i, c in enumerate(kids):
+            if i == 0:
+                lane[c] = lane[eid]
+            else:
+                lane[c] = next_lane
+                next_lane += 1
+        stack.extend(reversed(kids))
+    df["lane"] = [lane[e] for e in ids]
+    df["subtree"] = [size[e] for e in ids]
+    return df
+
+
+def _postorder(roots: list[str], children: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    stack = [(r, False) for r in roots]
+    while stack:
+        eid, done = stack.pop()
+        if done:
+            out.append(eid)
+            continue
+        stack.append((eid, True))
+        stack.extend((c, False) for c in children[eid])
+    return out
+
+
+def _ts(value) -> str:
+    return "an unknown time" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%Y-%m-%d %H:%M} UTC"
+
+
+def session_findings(
+    store: Store, identity: str, start: datetime | None, end: datetime | None
+) -> pd.DataFrame:
+    """What the data says about why this identity's sessions dropped, newest first.
+
+    Columns: time, chain, kind (forced_relogin | orphan_guess | fork | late_refresh | ended | active),
+    severity (bad | warn | info | ok), text (one plain sentence or two).
+    """
+    ttl = access_ttl_s(store)
+    rttl = refresh_ttl_s(store)
+    chains = identity_chains(store, identity, start, end)
+    rows: list[dict] = []
+
+    for c in chains.itertuples(index=False):
+        if c.end_state == "forced_relogin" and not pd.isna(c.next_start):
+            after = (pd.Timestamp(c.next_start) - pd.Timestamp(c.last_seen)).total_seconds()
+            last = "the last refresh" if c.refreshes else "logging in"
+            why = ("the app lost its tokens (storage cleared, a crash, a second device without them)"
+                   if after <= 2 * ttl else
+                   "the app dropped the session without using its refresh token (a logout that did not revoke "
+                   "it, storage cleared, or a new device)")
+            rows.append({
+                "time": c.last_seen, "chain": c.chain, "kind": "forced_relogin", "severity": "bad",
+                "text": f"Chain {c.chain} ended in a forced re-login at {_ts(c.last_seen)}: the user logged in "
+                        f"again (chain {c.next_chain}) {duration_text(after)} after {last}, while its refresh "
+                        f"token was still valid for {duration_text(rttl - after)}: {why}.",
+            })
+        elif c.end_state == "active":
+            rows.append({
+                "time": c.last_seen, "chain": c.chain, "kind": "active", "severity": "ok",
+                "text": f"Chain {c.chain} is still active: its last access token was issued at {_ts(c.last_seen)} "
+                        "and is valid at the end of the data.",
+            })
+        elif c.end_state == "ended":
+            why = ("its last refresh token was never presented" if not c.last_refresh_used
+                   else "its last refresh token was presented again")
+            later = (f"; the user came back {duration_text((pd.Timestamp(c.next_start) - pd.Timestamp(c.last_seen)).total_seconds())} later"
+                     if not pd.isna(c.next_start) else "")
+            rows.append({
+                "time": c.last_seen, "chain": c.chain, "kind": "ended", "severity": "info",
+                "text": f"Chain {c.chain} ended at {_ts(c.last_seen)}: {why}{later}. The notifications do not "
+                        "say why (a logout, an idle app, or a lost notification: see the continuations).",
+            })
+
+    events = identity_events(store, identity, start, end)
+    late = events[events["refresh_class"] == "late"]
+    for e in late.itertuples(index=False):
+        over = float(e.interval_s) - ttl
+        rows.append({
+            "time": e.time, "chain": e.chain, "kind": "late_refresh", "severity": "warn",
+            "text": f"The refresh at {_ts(e.time)} (chain {e.chain}) came {duration_text(over)} after the access "
+                    f"token expired (late refresh): the client held an expired token from "
+                    f"{_ts(pd.Timestamp(e.parent_time) + pd.Timedelta(seconds=ttl))}, or was idle.",
+        })
+
+    cur = store.cursor()
+    cur.execute(_FORKS, {**_range(start, end), "identity": identity})
+    for f in cur.df().itertuples(index=False):
+        apart = (pd.Timestamp(f.last_at) - pd.Timestamp(f.first_at)).total_seconds()
+        rows.append({
+            "time": f.first_at, "chain": f.chain, "kind": "fork", "severity": "warn",
+            "text": f"Chain {f.chain} forked at {_ts(f.first_at)}: the same refresh token ({f.token[:SHORT_FP]}) was "
+                    f"presented {f.presented} times, {duration_text(apart)} apart: two app instances racing, or a "
+                    "replay (a stolen token).",
+        })
+
+    cur.execute(_CONTINUATIONS, {**_range(start, end), "identity": identity,
+                                 "window_s": float(2 * ttl + CONTINUATION_SLACK_S), "ttl": float(ttl)})
+    for o in cur.df().itertuples(index=False):
+        after = (pd.Timestamp(o.orphan_start) - pd.Timestamp(o.last_seen)).total_seconds()
+        others = (f"{o.other_sessions} other sessions ended in the same window" if o.other_sessions > 1 else
+                  "1 other session ended in the same window" if o.other_sessions == 1 else
+                  "no other session ended in that window")
+        rows.append({
+            "time": o.orphan_start, "chain": o.chain, "kind": "orphan_guess", "severity": "warn",
+            "text": f"Possible continuation (a guess, matched by time only; {others}): orphan chain "
+                    f"{o.orphan_chain} ({o.orphan_events} events) started at {_ts(o.orphan_start)} with no parent, "
+                    f"{duration_text(after)} after chain {o.chain} ended. If it is this session, the receiver "
+                    "missed the notification that continued it.",
+        })
+
+    out = pd.DataFrame(rows, columns=["time", "chain", "kind", "severity", "text"])
+    if not out.empty:
+        out["time"] = pd.to_datetime(out["time"])
+        out = out.sort_values("time", ascending=False, kind="stable").reset_index(drop=True)
+    return out

@@ -1,0 +1,127 @@
+"""One fixture per kind of bad input (tests/data/bad/), one parametrized test over all of them.
+
+A bad record is quarantined with a reason a person can act on, its neighbours still load, and its tokens
+never appear in the clear. A file that is not a log export at all is reported by name and does not stop a
+multi-file ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BAD = Path(__file__).parent / "data" / "bad"
+EXPECTED = json.loads((BAD / "expected.json").read_text(encoding="utf-8"))
+FILES = sorted(p for p in BAD.iterdir() if p.is_file() and p.name != "expected.json")
+
+# Two good notifications (a login and its refresh) in the receiver's JSON Lines format (docs/design.md).
+GOOD_LINES = [
+    {
+        "received_at": "2026-12-03T16:00:00.250000Z",
+        "level": "info",
+        "msg": "tyk oauth notification",
+        "status": 200,
+        "remote_addr": "10.0.3.7:43122",
+        "user_id": "carol",
+        "body": {
+            "auth_code": "Qw8eRt5yUi2oPa7sDf4gHj1kLz9xCv3b",
+            "new_oauth_token": "NWU5ZDk1NDRhMWRjZDYwMDAxZDBlZDIwZjQ3YjVjOWUxZDBhNGE2Yjg4YzNlMjdmNTkxZDYwOGE=",
+            "refresh_token": "Mn4Bv7Cx1Za9Sd3Fg6Hj2Kl5Qw8Er0Ty4Ui7Op1As3D",
+            "old_refresh_token": "",
+            "notification_type": "new",
+        },
+    },
+    {
+        "received_at": "2026-12-03T16:59:41.800000Z",
+        "level": "info",
+        "msg": "tyk oauth notification",
+        "status": 200,
+        "remote_addr": "10.0.3.9:51544",
+        "body": {
+            "auth_code": "",
+            "new_oauth_token": "NWU5ZDk1NDRhMWRjZDYwMDAxZDBlZDIwOGUxYTRkN2MzYjVmNDI5MGE2ZDFjOGU3YjNmMjQ1YzE=",
+            "refresh_token": "Ty2Gh5Jk8Lm1Nb4Vc7Xz0As3Df6Gh9Jk2Lq5Wp8Er1T",
+            "old_refresh_token": "Mn4Bv7Cx1Za9Sd3Fg6Hj2Kl5Qw8Er0Ty4Ui7Op1As3D",
+            "notification_type": "refresh",
+        },
+    },
+]
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("tokentrail")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from tokentrail.cli import main; sys.exit(main())"]
+
+
+CLI = cli_command()
+
+
+def tokentrail(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, (
+        f"`{' '.join(proc.args)}` exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+def summary(db: Path, cwd: Path) -> dict:
+    return json.loads(tokentrail("summary", "--db", db, "--json", cwd=cwd).stdout)
+
+
+def test_every_bad_file_has_expectations():
+    assert sorted(EXPECTED) == [p.name for p in FILES], "tests/data/bad/expected.json and the files differ"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_bad_input_is_reported_and_the_rest_loads(path, tmp_path):
+    spec = EXPECTED[path.name]
+    db = tmp_path / "x.duckdb"
+    if "file_error" in spec:
+        check_not_a_log_export(path, spec, db, tmp_path)
+    else:
+        check_quarantined_record(path, spec, db, tmp_path)
+
+
+def check_quarantined_record(path: Path, spec: dict, db: Path, tmp_path: Path) -> None:
+    tokentrail("ingest", path, "--db", db, cwd=tmp_path)
+    rows = json.loads(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path).stdout)
+    assert len(rows) == 1, f"{path.name}: expected exactly one quarantined record, got {rows}"
+    row = rows[0]
+    assert {"file", "record_no", "reason", "excerpt"} <= row.keys(), row
+    assert path.name in str(row["file"]), row
+    assert row["record_no"] == spec["record_no"], row
+    reason = str(row["reason"]).lower()
+    for word in spec["reason"]:
+        assert word.lower() in reason, f"{path.name}: reason {row['reason']!r} should mention {word!r}"
+    excerpt = str(row["excerpt"] or "")
+    leaked = [token for token in spec["tokens"] if token in excerpt]
+    assert not leaked, f"{path.name}: excerpt shows tokens in the clear: {excerpt!r}"
+    got = summary(db, tmp_path)
+    assert got["deliveries"] == 2, f"{path.name}: the two good records around the bad one must load: {got}"
+    assert got["rejected"] == 1, got
+
+
+def check_not_a_log_export(path: Path, spec: dict, db: Path, tmp_path: Path) -> None:
+    good = tmp_path / "receiver.jsonl"
+    good.write_text("".join(json.dumps(line) + "\n" for line in GOOD_LINES), encoding="utf-8")
+    report = json.loads(tokentrail("ingest", path, good, "--db", db, "--json", cwd=tmp_path).stdout)
+    entries = {Path(str(entry["path"])).name: entry for entry in report["files"]}
+    assert {path.name, good.name} <= entries.keys(), report
+    bad, fine = entries[path.name], entries[good.name]
+    error = str(bad["error"] or "")
+    assert path.name in error, f"the error must name the file: {bad}"
+    for word in spec["file_error"]:
+        assert word.lower() in error.lower(), f"{path.name}: error {error!r} should say {word!r}"
+    assert not bad["new_deliveries"], bad
+    # The multi-file ingest goes on past the bad file.
+    assert fine["error"] is None, fine
+    assert fine["new_deliveries"] == 2, fine
+    assert summary(db, tmp_path)["deliveries"] == 2

@@ -1,0 +1,177 @@
+"""The same Tyk story exported by every log platform must give the same summary.
+
+Each file in tests/data/exports/ (see its README.md) is one platform's export shape; expected.json holds a
+"default" block and per-file overrides. The CLI is driven exactly as a user drives it, in a subprocess, so
+these tests exercise format sniffing, locating the notification, time parsing and lineage end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+EXPORTS = Path(__file__).parent / "data" / "exports"
+IDENTITIES = EXPORTS / "identities.csv"
+NOT_FIXTURES = {"expected.json", "README.md", "identities.csv"}
+EXPECTED = json.loads((EXPORTS / "expected.json").read_text(encoding="utf-8"))
+FIXTURES = sorted(p for p in EXPORTS.iterdir() if p.is_file() and p.name not in NOT_FIXTURES)
+TIME_KEYS = {"first_seen", "last_seen"}
+REPORT_KEYS = {"path", "format", "records", "new_deliveries", "duplicate_deliveries", "rejected", "error"}
+# The lineage every fixture tells, whatever the platform: the same five notifications.
+STORY = {"events": 5, "chains": 3, "orphan_chains": 1, "forks": 0, "identities": 1, "rejected": 0}
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("tokentrail")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from tokentrail.cli import main; sys.exit(main())"]
+
+
+CLI = cli_command()
+
+
+def tokentrail(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, (
+        f"`{' '.join(proc.args)}` exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+def summary(db: Path, cwd: Path) -> dict:
+    return json.loads(ok(tokentrail("summary", "--db", db, "--json", cwd=cwd)).stdout)
+
+
+def expected_for(fixture: Path) -> dict:
+    assert fixture.name in EXPECTED, f"{fixture.name} has no entry in {EXPORTS / 'expected.json'}"
+    return {**EXPECTED["default"], **EXPECTED[fixture.name]}
+
+
+def parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def same_time(actual: object, expected: str) -> bool:
+    """Equal at the precision the expected string carries (an export in ms cannot be compared in µs)."""
+    if not isinstance(actual, str):
+        return False
+    match = re.search(r"\.(\d+)", expected)
+    step = 10 ** (6 - min(len(match.group(1)), 6)) if match else 1_000_000
+    got = parse_time(actual)
+    return got.replace(microsecond=got.microsecond // step * step) == parse_time(expected)
+
+
+def mismatches(actual: dict, expected: dict) -> list[str]:
+    wrong = []
+    for key, want in expected.items():
+        got = actual.get(key)
+        if key in TIME_KEYS and want is not None:
+            if not same_time(got, want):
+                wrong.append(f"{key}: got {got!r}, expected {want!r}")
+        elif got != want:
+            wrong.append(f"{key}: got {got!r}, expected {want!r}")
+    return wrong
+
+
+@dataclass
+class Ingested:
+    db: Path
+    work: Path
+    summary: dict
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """One plain `tokentrail ingest` per fixture, shared by the tests that only read its result."""
+    done: dict[str, Ingested] = {}
+
+    def get(fixture: Path) -> Ingested:
+        if fixture.name not in done:
+            work = tmp_path_factory.mktemp(re.sub(r"\W", "_", fixture.name))
+            db = work / "x.duckdb"
+            ok(tokentrail("ingest", fixture, "--db", db, "--identities", IDENTITIES, cwd=work))
+            done[fixture.name] = Ingested(db, work, summary(db, work))
+        return done[fixture.name]
+
+    return get
+
+
+def test_every_fixture_has_expectations():
+    assert FIXTURES, f"no fixtures found in {EXPORTS}"
+    stale = sorted(set(EXPECTED) - {"default"} - {p.name for p in FIXTURES})
+    assert not stale, f"expected.json names files that do not exist: {stale}"
+    for fixture in FIXTURES:
+        expected_for(fixture)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_summary_matches_expected(fixture, ingested):
+    result = ingested(fixture)
+    wrong = mismatches(result.summary, expected_for(fixture))
+    assert not wrong, f"{fixture.name}: " + "; ".join(wrong) + f"\nsummary: {result.summary}"
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_ingesting_twice_changes_nothing(fixture, ingested):
+    result = ingested(fixture)
+    ok(tokentrail("ingest", fixture, "--db", result.db, "--identities", IDENTITIES, cwd=result.work))
+    again = summary(result.db, result.work)
+    keys = expected_for(fixture).keys()
+    assert {k: again.get(k) for k in keys} == {k: result.summary.get(k) for k in keys}
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_ingest_report_names_the_detected_format(fixture, tmp_path):
+    db = tmp_path / "x.duckdb"
+    proc = ok(tokentrail("ingest", fixture, "--db", db, "--identities", IDENTITIES, "--json", cwd=tmp_path))
+    report = json.loads(proc.stdout)
+    assert len(report["files"]) == 1, report
+    entry = report["files"][0]
+    assert entry.keys() >= REPORT_KEYS, f"report entry lacks {REPORT_KEYS - entry.keys()}: {entry}"
+    assert fixture.name in str(entry["path"]), entry
+    assert isinstance(entry["format"], str) and entry["format"].strip(), entry
+    assert entry["error"] is None, entry
+    assert entry["rejected"] == 0, entry
+    assert entry["new_deliveries"] == expected_for(fixture)["deliveries"], entry
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_format_is_sniffed_from_content_not_name(fixture, tmp_path):
+    # Users rename exports ("download (3)", "logs.txt"): the extension must not matter.
+    anonymous = tmp_path / "export"
+    shutil.copyfile(fixture, anonymous)
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", anonymous, "--db", db, "--identities", IDENTITIES, cwd=tmp_path))
+    expected = expected_for(fixture)
+    wanted = {k: expected[k] for k in ("deliveries", "events", "chains", "orphan_chains", "rejected")}
+    got = summary(db, tmp_path)
+    assert {k: got.get(k) for k in wanted} == wanted, f"{fixture.name} renamed to 'export': {got}"
+
+
+def test_all_exports_together_tell_one_story(tmp_path):
+    # Identical payloads collapse into one event whichever platform delivered them, so the union of every
+    # export is still five events in three chains.
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", *FIXTURES, "--db", db, "--identities", IDENTITIES, cwd=tmp_path))
+    got = summary(db, tmp_path)
+    assert {k: got.get(k) for k in STORY} == STORY, got
+    assert got["deliveries"] >= max(expected_for(f)["deliveries"] for f in FIXTURES), got
+    # Millisecond exports floor the first delivery to .123, microsecond ones say .123456: compare in ms.
+    assert same_time(got.get("first_seen"), "2026-12-03T09:00:00.123Z"), got

@@ -1,0 +1,72 @@
+"""Lineage: golden files (small inputs and their exact expected chains) and re-linking as data arrives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import ingest
+from queries.summary import chains_for_identity, summary
+from tests.helpers import DATA, body, chains_by_label, fp, load, record
+
+GOLDEN = sorted((DATA / "golden").glob("*.jsonl"))
+SUMMARY_KEYS = ("deliveries", "events", "duplicates", "rejected", "chains", "orphan_chains", "forks", "identities",
+                "median_chain_span_s", "forced_relogins", "late_refreshes", "active_chains")
+
+
+def _labels(path: Path) -> list[str]:
+    return sorted({v for line in path.read_text().splitlines() for v in json.loads(line)["body"].values() if v})
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_golden(store, case):
+    expected = json.loads(case.with_suffix(".expected.json").read_text())
+    ingest(store, [case])
+    got = summary(store)
+    assert {k: got[k] for k in SUMMARY_KEYS} == expected["summary"]
+    assert chains_by_label(store, _labels(case)) == expected["chains"]
+
+
+def test_late_parent_adopts_orphan_chain(store):
+    child = [record("2026-12-03T10:00:00Z", body("refresh", "T2", "R2", "R1")),
+             record("2026-12-03T11:00:00Z", body("refresh", "T3", "R3", "R2"))]
+    load(store, child, "part2.jsonl")
+    assert (summary(store)["chains"], summary(store)["orphan_chains"]) == (1, 1)
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="A1"), user_id="erin")], "part1.jsonl")
+    s = summary(store)
+    assert (s["chains"], s["orphan_chains"], s["identities"]) == (1, 0, 1)
+    [chain] = chains_for_identity(store, "erin")
+    assert chain["events"] == 3 and chain["refreshes"] == 2
+
+
+def test_new_identity_mapping_labels_stored_chains(store):
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="CODE-1")),
+                 record("2026-12-03T09:40:00Z", body("refresh", "T2", "R2", "R1"))])
+    assert summary(store)["identities"] == 0
+    load(store, [], identities=b"code,username\nCODE-1,frank@example.com\n")
+    assert [c["events"] for c in chains_for_identity(store, "frank@example.com")] == [2]
+
+
+def test_retries_collapse_into_one_event_with_its_delivery_count(store):
+    b = body("refresh", "T2", "R2", "R1")
+    load(store, [record(f"2026-12-03T10:00:{s:02d}Z", b, status=500 if s < 20 else 200) for s in (0, 10, 20)])
+    row = store.cursor().execute("SELECT deliveries, first_seen FROM events").fetchall()
+    assert [(n, t.isoformat()) for n, t in row] == [(3, "2026-12-03T10:00:00")]
+    assert summary(store)["duplicates"] == 2
+
+
+def test_reingest_changes_nothing(store, tmp_path):
+    path = DATA / "golden" / "basic.jsonl"
+    ingest(store, [path])
+    before = summary(store), chains_by_label(store, _labels(path))
+    report = ingest(store, [path])
+    assert report.files[0].new_deliveries == 0 and report.files[0].duplicate_deliveries == 6
+    assert (summary(store), chains_by_label(store, _labels(path))) == before
+
+
+def test_fingerprints_are_keyed(store):
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="A1"))])
+    stored = store.cursor().execute("SELECT access_token_fp, refresh_token_fp, auth_code_fp FROM events").fetchall()
+    assert stored == [(fp(store, "T1"), fp(store, "R1"), fp(store, "A1"))]
