@@ -26,11 +26,14 @@ import json
 import lzma
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import ijson
+import numpy as np
+import pyarrow as pa
 
 BATCH_RECORDS = 100_000
 CHUNK_BYTES = 8 << 20
@@ -58,11 +61,13 @@ class NotALogExport(ReadError):
     pass
 
 
-@dataclass
 class Batch:
-    record_nos: list[int] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    errors: list[str | None] = field(default_factory=list)
+    """Records built one by one (CSV rows, JSON document items); `table()` turns them into an Arrow batch."""
+
+    def __init__(self) -> None:
+        self.record_nos: list[int] = []
+        self.texts: list[str] = []
+        self.errors: list[str | None] = []
 
     def add(self, record_no: int, text: str, error: str | None = None) -> None:
         self.record_nos.append(record_no)
@@ -72,14 +77,24 @@ class Batch:
     def __len__(self) -> int:
         return len(self.record_nos)
 
+    def table(self) -> pa.Table:
+        return pa.table(
+            {
+                "record_no": pa.array(self.record_nos, pa.int64()),
+                "raw": pa.array(self.texts, pa.string()),
+                "err": pa.array(self.errors, pa.string()),
+            }
+        )
+
 
 @dataclass
 class Source:
-    """One readable unit: a file, or one member of a zip archive."""
+    """One readable unit: a file, or one member of a zip archive. Batches are Arrow tables with columns
+    record_no (int64), raw (string; a line keeps its line ending) and err (string: why it cannot be decoded)."""
 
     name: str
     format: str
-    batches: Iterator[Batch]
+    batches: Iterator[pa.Table]
 
 
 def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> Iterator[Source]:
@@ -122,7 +137,7 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
 def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
     try:
         sample = stream.read(SAMPLE_BYTES)
-    except (OSError, EOFError, lzma.LZMAError) as e:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise NotALogExport(f"{name}: cannot decompress ({compression}): {e}") from e
     prefix = f"{compression}/" if compression else ""
     fmt = sniff(name, sample)
@@ -217,76 +232,81 @@ def _csv_dialect(lines: list[str]) -> str | None:
 _PREAMBLE = re.compile(r"^(Common labels|Line limit|Total bytes processed|Total lines processed|Summary|Query):")
 
 
-def _read_lines(name: str, stream: BinaryIO) -> Iterator[Batch]:
-    batch = Batch()
+def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """Line-oriented files, split by numpy and wrapped as Arrow arrays without a Python object per line."""
     record_no = 0
     tail = b""
     first = True
     while True:
         try:
             chunk = stream.read(CHUNK_BYTES)
-        except (OSError, EOFError, lzma.LZMAError) as e:
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after line {record_no}: {e}") from e
         if not chunk:
             break
         if first and chunk.startswith(codecs.BOM_UTF8):
             chunk = chunk[3:]
-        first = False
         data = tail + chunk
         cut = data.rfind(b"\n")
         if cut < 0:
             tail = data
             continue
         tail = data[cut + 1 :]
-        start = len(batch)
-        at_start = record_no == 0
-        record_no = yield from _split(data[: cut + 1], record_no, batch)
-        if at_start and len(batch) > start and _PREAMBLE.match(batch.texts[start]):
-            _drop_preamble(batch, start)
-        if len(batch) >= BATCH_RECORDS:
-            yield batch
-            batch = Batch()
+        table = _lines_table(data[: cut + 1], record_no)
+        if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
+            table = _drop_preamble(table)
+        first = False
+        record_no += _count_lines(data[: cut + 1])
+        if len(table):
+            yield table
     if tail:
-        record_no = yield from _split(tail + b"\n", record_no, batch)
-    if len(batch):
-        yield batch
+        table = _lines_table(tail + b"\n", record_no)
+        if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
+            table = _drop_preamble(table)
+        if len(table):
+            yield table
 
 
-def _drop_preamble(batch: Batch, start: int) -> None:
-    end = start
-    while end < len(batch) and end - start < 20 and _PREAMBLE.match(batch.texts[end]):
-        end += 1
-    while end < len(batch) and not batch.texts[end].strip():
-        end += 1
-    del batch.record_nos[start:end], batch.texts[start:end], batch.errors[start:end]
+def _count_lines(body: bytes) -> int:
+    return body.count(b"\n")
 
 
-def _split(data: bytes, record_no: int, batch: Batch) -> Iterator[Batch]:
-    """Split complete lines into `batch`; returns the last record number. Yields nothing (a generator helper)."""
+def _lines_table(body: bytes, before: int) -> pa.Table:
+    """`body` holds whole lines, each ending in a newline. Values keep their line ending (JSON ignores it)."""
+    ends = np.flatnonzero(np.frombuffer(body, np.uint8) == 10)
+    offsets = np.empty(len(ends) + 1, np.int64)
+    offsets[0] = 0
+    offsets[1:] = ends + 1
+    raw = pa.Array.from_buffers(pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(body)])
+    numbers = pa.array(np.arange(before + 1, before + 1 + len(ends), dtype=np.int64))
     try:
-        lines = data.decode("utf-8").split("\n")
-        errors = None
-    except UnicodeDecodeError:
-        lines, errors = [], []
-        for raw in data.split(b"\n"):
+        text = raw.cast(pa.large_string())
+        errors = pa.nulls(len(ends), pa.string())
+    except pa.ArrowInvalid:  # some line is not UTF-8: find which, keep a readable copy for the excerpt
+        values, errs = [], []
+        for line in raw.to_pylist():
             try:
-                lines.append(raw.decode("utf-8"))
-                errors.append(None)
+                values.append(line.decode("utf-8"))
+                errs.append(None)
             except UnicodeDecodeError as e:
-                lines.append(raw.decode("utf-8", errors="replace"))
-                errors.append(f"invalid UTF-8 at byte {e.start} of the line")
-    lines.pop()  # data ends with "\n": the last piece is empty
-    for i, line in enumerate(lines):
-        record_no += 1
-        if line.endswith("\r"):
-            line = line[:-1]
-        batch.add(record_no, line, errors[i] if errors else None)
-    return record_no
-    yield  # pragma: no cover - makes this a generator for `yield from`
+                values.append(line.decode("utf-8", errors="replace"))
+                errs.append(f"invalid UTF-8 at byte {e.start} of the line")
+        text, errors = pa.array(values, pa.large_string()), pa.array(errs, pa.string())
+    return pa.table({"record_no": numbers, "raw": text, "err": errors})
 
 
-def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
-    def read(name: str, stream: BinaryIO) -> Iterator[Batch]:
+def _drop_preamble(table: pa.Table) -> pa.Table:
+    texts = table.column("raw").slice(0, 40).to_pylist()
+    end = 0
+    while end < len(texts) and _PREAMBLE.match(texts[end]):
+        end += 1
+    while end < len(texts) and not texts[end].strip():
+        end += 1
+    return table.slice(end)
+
+
+def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
+    def read(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=delimiter)
         try:
@@ -313,14 +333,14 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[Batch]]:
                         dumped = dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                     batch.add(record_no, dumped, error)
                 if len(batch) >= BATCH_RECORDS:
-                    yield batch
+                    yield batch.table()
                     batch = Batch()
         except csv.Error as e:
             raise ReadError(f"{name}: CSV broken at line {reader.line_num}: {e}") from e
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after line {line_end}: {e}") from e
         if len(batch):
-            yield batch
+            yield batch.table()
 
     return read
 
@@ -363,8 +383,8 @@ def records_prefix(sample: bytes) -> str:
     return first_array_item or ""
 
 
-def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[Batch]]:
-    def read(name: str, stream: _Rewound) -> Iterator[Batch]:
+def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
+    def read(name: str, stream: _Rewound) -> Iterator[pa.Table]:
         prefix = "" if multiple else records_prefix(stream.sample)
         batch = Batch()
         record_no = 0
@@ -373,23 +393,23 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[Ba
                 record_no += 1
                 batch.add(record_no, json.dumps(item, ensure_ascii=False), None)
                 if len(batch) >= BATCH_RECORDS:
-                    yield batch
+                    yield batch.table()
                     batch = Batch()
         except ijson.JSONError as e:
             if len(batch):
-                yield batch
+                yield batch.table()
             raise ReadError(
                 f"{name}: invalid JSON after record {record_no} ({e}); the records before it were read"
             ) from e
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
         if len(batch):
-            yield batch
+            yield batch.table()
 
     return read
 
 
-_READERS: dict[str, Callable[[str, BinaryIO], Iterator[Batch]]] = {
+_READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "jsonl": _read_lines,
     "text": _read_lines,
     "csv": _read_csv(","),

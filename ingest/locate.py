@@ -72,20 +72,45 @@ class Layout:
     identities: tuple[tuple[tuple[Step, ...], bool], ...] = ()
 
     def sql(self, raw: str = "raw") -> dict[str, str]:
-        """DuckDB expressions (VARCHAR) for notif (JSON text), time_raw and identity_raw over column `raw`."""
-        if self.flat_prefix is not None:
-            base = _sql_value(raw, self.notif, as_json=True)
-            members = ", ".join(
-                f"'{f}', json_extract({base}, {_sql_str(_json_path([('k', self.flat_prefix + f)]))})"
-                for f in NOTIFICATION_FIELDS
-            )
-            notif = f"json_object({members})::VARCHAR"
-        else:
-            notif = f"{_sql_value(raw, self.notif, as_json=True)}::VARCHAR"
+        """DuckDB expressions over column `raw`: `v` (a JSON[] of the five Tyk fields, in NOTIFICATION_FIELDS
+        order), `time_raw` and `identity_raw` (VARCHAR). They may refer to `tt_all`, which the caller computes
+        first from the expression `all` (one parse of the record for every path)."""
+        # flattened exports (Kibana CSV) keep dotted keys like "body.auth_code" in the object at `notif`
+        field_steps = [(*self.notif, ("k", (self.flat_prefix or "") + f)) for f in NOTIFICATION_FIELDS]
+        extra = []
+        if self.time is not None and not self.time_in_text:
+            extra.append(self.time)
+        extra += [steps for steps, in_text in self.identities if not in_text]
+        if all(not _has_parse(steps) for steps in (*field_steps, *extra)):
+            # The common case: everything is plain JSON paths into the record, so one parse serves them all.
+            paths = ", ".join(_sql_str(_json_path(steps)) for steps in (*field_steps, *extra))
+            every = f"json_extract({raw}, [{paths}])"
+            v = "tt_all[1:5]"
+            n = 6
+            time = "NULL::VARCHAR"
+            if self.time is not None:
+                if self.time_in_text:
+                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT)
+                else:
+                    time, n = f"tt_all[{n}] ->> '$'", n + 1
+            found = []
+            for steps, in_text in self.identities:
+                if in_text:
+                    found.append(_sql_text_field(raw, steps, True, IDENTITY_IN_TEXT))
+                else:
+                    found.append(f"tt_all[{n}] ->> '$'")
+                    n += 1
+            identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
+            return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
+        v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
         time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT)
         found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
-        return {"notif": notif, "time_raw": time, "identity_raw": identity}
+        return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
+
+
+def _has_parse(steps) -> bool:
+    return any(step[0] == "p" for step in steps)
 
 
 @dataclass
@@ -344,6 +369,21 @@ def _sql_value(raw: str, steps, *, as_json: bool) -> str:
         elif path:
             expr = f"json_extract_string({expr}, {_sql_str(_json_path(path))})"
     return expr
+
+
+def _sql_values(raw: str, steps, last_steps) -> str:
+    """JSON[] of the values at `steps` + each of `last_steps`, parsing the record (and inner strings) once."""
+    expr = raw
+    segments = _segments(steps)
+    for n, (parse, path) in enumerate(segments):
+        if parse:
+            expr = f"tt_embedded({expr})"
+        if n == len(segments) - 1:
+            paths = ", ".join(_sql_str(_json_path([*path, last])) for last in last_steps)
+            return f"json_extract({expr}, [{paths}])"
+        if path:
+            expr = f"json_extract_string({expr}, {_sql_str(_json_path(path))})"
+    raise AssertionError("unreachable")
 
 
 def _sql_text_field(raw: str, steps, in_text: bool, pattern: str, group: int = 1) -> str:

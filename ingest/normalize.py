@@ -1,7 +1,7 @@
 """Turn located records into validated, fingerprinted rows, in SQL, one batch at a time.
 
 Both tiers of `ingest.locate` end here, so validation, time parsing, fingerprints and masking exist once.
-Input relation columns: record_no, raw, err, notif (JSON text of the notification), time_raw, identity_raw,
+Input relation columns: record_no, raw, err, v (JSON[] of the five Tyk fields), time_raw, identity_raw,
 reason (a locate failure). Output: the `stage` rows of `ingest.pipeline`.
 
 Raw text only ever lives in the Arrow batch and in expressions: what is written (to the stage table and from
@@ -28,7 +28,7 @@ CREATE OR REPLACE TEMP MACRO tt_epoch(n) AS
         WHEN abs(n) >= 1e14 THEN n::BIGINT
         WHEN abs(n) >= 1e11 THEN (n * 1000)::BIGINT
         ELSE (n * 1000000)::BIGINT END);
-CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
+CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
     CASE
         WHEN s IS NULL THEN NULL
         WHEN regexp_full_match(s, '-?[0-9]{9,19}') THEN tt_epoch(s::HUGEINT)
@@ -44,9 +44,12 @@ CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
                              '%Y-%m-%d %H:%M:%S.%g %z', '%Y-%m-%d %H:%M:%S %z'])::TIMESTAMP,
             try_strptime(regexp_replace(s, ' (GMT|UTC)$', ''), ['%a, %d %b %Y %H:%M:%S', '%a %d %b %Y %H:%M:%S']))
     END;
-CREATE OR REPLACE TEMP MACRO tt_time(s) AS (
-    SELECT CASE WHEN t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01' THEN t END
-    FROM (SELECT tt_time_any(tt_value(s)) AS t));
+-- ISO 8601 first (the common case, and cheap); the slower patterns only for what it cannot read.
+CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
+    coalesce(try_cast(s AS TIMESTAMPTZ)::TIMESTAMP, tt_time_other(s));
+-- A value outside 1990-2200 is not a time of a notification (a counter, a status code...).
+CREATE OR REPLACE TEMP MACRO tt_time(s) AS
+    list_filter([tt_time_any(tt_value(s))], lambda t: t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01')[1];
 CREATE OR REPLACE TEMP MACRO tt_mask(s) AS
     regexp_replace(
         regexp_replace(s, '("?(auth_code|code|new_oauth_token|refresh_token|old_refresh_token|access_token|token)"?\s*[:=]\s*"?)[^",}\s]+', '\1***', 'gi'),
@@ -71,9 +74,7 @@ def _field_check(i: int, name: str) -> str:
 NORMALIZE = f"""
 WITH x AS (
     SELECT record_no, raw, err, reason, time_raw, identity_raw,
-           CASE WHEN reason IS NULL AND err IS NULL THEN
-               json_extract(notif, ['$.notification_type', '$.auth_code', '$.new_oauth_token',
-                                    '$.refresh_token', '$.old_refresh_token']) END AS v
+           CASE WHEN reason IS NULL AND err IS NULL THEN v END AS v
     FROM {{rel}}
 ), f AS (
     SELECT *, lower(v[1] ->> '$') AS ntype,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from ingest import lineage
 from ingest.formats import ReadError, open_sources
-from ingest.locate import NOTIFICATION_FIELDS, TOKEN_FIELDS, Layout, learn_layout, locate
+from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
 from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
@@ -163,37 +164,31 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) ->
     layout: Layout | None = None
     learned = False
     params = {"key": key, "source_id": source_id}
-    for batch in batches:
-        table = pa.table(
-            {
-                "record_no": pa.array(batch.record_nos, pa.int64()),
-                "raw": pa.array(batch.texts, pa.string()),
-                "err": pa.array(batch.errors, pa.string()),
-            }
-        )
+    for table in batches:
         if not learned:
-            layout, learned = learn_layout(t for t, e in zip(batch.texts, batch.errors, strict=True) if e is None), True
+            sample = table.filter(pa.compute.is_null(table.column("err"))).column("raw").slice(0, 500)
+            layout, learned = learn_layout(sample.to_pylist()), True
         cur.register("tt_batch", table)
         try:
             if layout is not None:
                 cur.execute(f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params)
-                lo, hi = batch.record_nos[0], batch.record_nos[-1]
+                lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
                 rest = cur.execute(
                     "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
                     "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
                     {"sid": source_id, "lo": lo, "hi": hi},
                 ).fetchall()
             else:
-                rest = list(zip(batch.record_nos, batch.texts, batch.errors, strict=True))
+                rest = cur.execute("SELECT record_no, raw, err FROM tt_batch").fetchall()
         finally:
             cur.unregister("tt_batch")
         if rest:
             cur.register("tt_slow", _locate_slow(rest))
             try:
-                cur.execute(f"INSERT INTO stage {normalize_sql('tt_slow')}", params)
+                cur.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
             finally:
                 cur.unregister("tt_slow")
-        report.records += len(batch)
+        report.records += len(table)
     row = cur.execute(
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
         "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
@@ -204,21 +199,24 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) ->
 
 def _fast_relation(layout: Layout) -> str:
     e = layout.sql("raw")
-    keys = "['" + "', '".join(NOTIFICATION_FIELDS) + "']"
-    tokens = "['" + "', '".join(TOKEN_FIELDS) + "']"
     need_time = "" if layout.time is None else " AND time_raw IS NOT NULL"
     return f"""(
-        SELECT record_no, raw, err, NULL::VARCHAR AS reason, notif, time_raw, identity_raw
+        SELECT record_no, raw, err, NULL::VARCHAR AS reason, v, time_raw, identity_raw
         FROM (
-            SELECT record_no, raw, err, try({e['notif']}) AS notif,
+            SELECT record_no, raw, err, try({e['v']}) AS v,
                    try({e['time_raw']}) AS time_raw, try({e['identity_raw']}) AS identity_raw
-            FROM tt_batch WHERE err IS NULL
+            FROM (SELECT record_no, raw, err, try({e['all']}) AS tt_all FROM tt_batch WHERE err IS NULL)
         )
-        WHERE json_type(notif) = 'OBJECT'
-          AND (list_has(json_keys(notif), 'notification_type')
-               OR len(list_intersect(json_keys(notif), {tokens})) >= 2){need_time}
-          AND len(list_intersect(json_keys(notif), {keys})) > 0
+        -- the layout fits when it finds a notification_type, or at least two token fields
+        WHERE (v[1] IS NOT NULL OR len(list_filter(v[2:5], lambda x: x IS NOT NULL)) >= 2){need_time}
     ) AS fast"""
+
+
+SLOW_RELATION = f"""(
+    SELECT record_no, raw, err, reason, time_raw, identity_raw,
+           json_extract(notif, [{", ".join("'$." + f + "'" for f in NOTIFICATION_FIELDS)}]) AS v
+    FROM tt_slow
+) AS slow"""
 
 
 def _locate_slow(rows) -> pa.Table:

@@ -1,0 +1,101 @@
+"""Nothing leaked: raw tokens and auth codes never reach the database file, in any table or byte of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime
+
+import pytest
+
+from ingest.demo import write_demo
+from ingest.pipeline import ingest
+from ingest.store import Store, key_path
+from tests.helpers import DATA
+
+TOKEN_KEYS = ("auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
+
+
+def _tokens_in(path) -> set[str]:
+    """Every token-like value of a JSON Lines input (records and quarantined lines alike)."""
+    found = set()
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            b = obj.get("body", obj)
+            found.update(str(b[k]) for k in TOKEN_KEYS if isinstance(b, dict) and b.get(k))
+    return found
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sec")
+    demo = write_demo(tmp / "demo", days=1, users=20, seed=3, end=datetime(2026, 12, 3, tzinfo=UTC))
+    import gzip
+
+    tokens: set[str] = set()
+    for p in demo:
+        if p.name.endswith(".jsonl.gz"):
+            plain = tmp / p.name.removesuffix(".gz")
+            plain.write_bytes(gzip.decompress(p.read_bytes()))
+            tokens |= _tokens_in(plain)
+    bad = [p for p in (DATA / "bad").glob("*.jsonl")]
+    for p in bad:
+        tokens |= _tokens_in(p)
+    tokens |= {row.split(",")[0] for row in (demo[-1]).read_text().splitlines()[1:]}
+    db = tmp / "sec.duckdb"
+    store = Store.open(db)
+    ingest(store, [*demo[:-1], *bad], identities=demo[-1])
+    rejected = store.cursor().execute("SELECT count(*) FROM quarantine").fetchall()[0][0]
+    store.close()
+    assert len(tokens) > 1000 and rejected >= len(bad)
+    return db, tokens
+
+
+def test_no_raw_token_in_any_column(loaded):
+    db, tokens = loaded
+    store = Store.open(db, read_only=True)
+    cur = store.cursor()
+    columns = cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'VARCHAR' "
+        "AND table_schema = 'main'"
+    ).fetchall()
+    cur.execute("CREATE TEMP TABLE raw_tokens (t VARCHAR)")
+    cur.executemany("INSERT INTO raw_tokens VALUES (?)", [(t,) for t in tokens])
+    for table, column in columns:
+        hits = cur.execute(
+            f'SELECT count(*) FROM "{table}" JOIN raw_tokens ON contains("{column}", t)'  # noqa: S608
+        ).fetchall()[0][0]
+        assert hits == 0, f"raw token found in {table}.{column}"
+    store.close()
+
+
+def test_no_raw_token_in_the_file_bytes(loaded):
+    db, tokens = loaded
+    blob = db.read_bytes()
+    wal = db.with_name(db.name + ".wal")
+    if wal.exists():
+        blob += wal.read_bytes()
+    leaked = [t for t in tokens if len(t) >= 8 and t.encode() in blob]
+    assert leaked == []
+
+
+def test_key_file_is_private_and_not_in_the_database(loaded):
+    db, _ = loaded
+    kp = key_path(str(db))
+    assert stat.S_IMODE(os.stat(kp).st_mode) == 0o600
+    assert kp.read_text().strip().encode() not in db.read_bytes()
+
+
+def test_missing_key_for_existing_data_is_a_clear_error(loaded, tmp_path):
+    db, _ = loaded
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(db.read_bytes())
+    from ingest.store import StoreError
+
+    with pytest.raises(StoreError, match="key .* is missing"):
+        Store.open(copy)
