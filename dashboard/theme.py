@@ -1,4 +1,9 @@
-"""One palette for every page: an event type or an anomaly has the same colour everywhere (dark theme)."""
+"""One palette for every page: an event type or an anomaly has the same colour everywhere (dark theme).
+
+The colours are Grafana's classic palette, so the dashboard reads like a monitoring tool an SRE already knows;
+`.streamlit/config.toml` sets the same values as Streamlit's named colours (green, orange, red, blue), which is
+what `st.metric` colours its delta and sparkline with. This module has no Streamlit import: plotly only.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +31,38 @@ COLORS = {
     "ok": "#73BF69",
     "warn": "#FF9830",
     "bad": "#F2495C",
+    "neutral": "#5794F2",
 }
 END_STATE_COLORS = {k: COLORS[k] for k in ("active", "ended", "forced_relogin", "untimed")}
+# Threshold level -> the Streamlit named colour configured to the same value (st.metric's delta_color).
+LEVEL_NAMED_COLORS = {"ok": "green", "warn": "orange", "bad": "red", "neutral": "blue"}
 BACKGROUND = "#111217"
 PANEL = "#181B1F"
 GRID = "#2C3235"
 TEXT = "#CCCCDC"
+MUTED = "#8E8E8E"
+
+# Page CSS: Grafana's flat panels (panel background, thin border, small square corners), coloured stat values.
+CSS = f"""
+<style>
+[data-testid="stMainBlockContainer"] {{ padding-left: 2rem; padding-right: 2rem; max-width: 100%; }}
+div[class*="st-key-tt-tile-"], div[class*="st-key-tt-panel-"], div[class*="st-key-tt-empty-"] {{
+    background: {PANEL}; border: 1px solid {GRID}; border-radius: 4px;
+}}
+div[class*="st-key-tt-tile-"] {{ padding: 0.55rem 0.8rem 0.35rem 0.8rem; gap: 0.1rem; }}
+div[class*="st-key-tt-panel-"] {{ padding: 0.5rem 0.7rem 0.2rem 0.7rem; }}
+div[class*="st-key-tt-empty-"] {{ padding: 1rem 1.2rem; max-width: 56rem; }}
+div[class*="st-key-tt-tile-"] [data-testid="stMetricValue"] {{ font-weight: 600; }}
+div[class*="st-key-tt-tile-ok-"] [data-testid="stMetricValue"] {{ color: {COLORS["ok"]}; }}
+div[class*="st-key-tt-tile-warn-"] [data-testid="stMetricValue"] {{ color: {COLORS["warn"]}; }}
+div[class*="st-key-tt-tile-bad-"] [data-testid="stMetricValue"] {{ color: {COLORS["bad"]}; }}
+div[class*="st-key-tt-tile-neutral-"] [data-testid="stMetricValue"] {{ color: {COLORS["neutral"]}; }}
+div[class*="st-key-tt-tile-"] [data-testid="stPageLink"] p {{ font-size: 0.8rem; color: {MUTED}; }}
+div[class*="st-key-tt-panel-"] [data-testid="stPageLink"] p {{ font-size: 0.8rem; color: {MUTED}; }}
+.tt-panel-title {{ font-weight: 600; font-size: 0.95rem; color: {TEXT}; margin: 0; }}
+.tt-subtitle {{ color: {MUTED}; font-size: 0.85rem; margin-top: -0.6rem; }}
+</style>
+"""
 
 
 def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figure:
@@ -46,6 +77,7 @@ def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figur
         showlegend=legend,
         legend={"orientation": "h", "y": 1.12, "x": 0},
         hovermode="x unified",
+        bargap=0.15,
     )
     fig.update_xaxes(gridcolor=GRID, zeroline=False)
     fig.update_yaxes(gridcolor=GRID, zeroline=False)

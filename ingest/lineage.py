@@ -19,44 +19,44 @@ from __future__ import annotations
 
 from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 
+# Dense integer ids: joins on integers are several times cheaper than on 32-character fingerprints.
+# Numbering needs no order: every tie-break below uses event_id, so results never depend on it.
 _NUMBER_EVENTS = """
 CREATE OR REPLACE TEMP TABLE tt_ev AS
-SELECT row_number() OVER (ORDER BY event_id)::INTEGER AS n, event_id, notification_type,
+SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type,
        refresh_token_fp, old_refresh_token_fp, first_seen
 FROM events
 """
 
-# The issuer of a refresh token: the earliest event that issued it (new before refresh on a tie), never the
-# presenting event itself. Tyk's refresh tokens are random, so a token has one issuer in real data.
+# The issuer of a refresh token: the earliest event that issued it (new before refresh on a tie, then
+# event_id). An event that presents the token it issues cannot be its own parent. Tyk's refresh tokens are
+# random, so in real data a token has exactly one issuer.
 _LINK = """
 CREATE OR REPLACE TEMP TABLE tt_link AS
-WITH issuers AS (
-    SELECT refresh_token_fp AS fp, n,
-           row_number() OVER (PARTITION BY refresh_token_fp
-                              ORDER BY first_seen NULLS LAST, notification_type <> 'new', n) AS rank
-    FROM tt_ev WHERE refresh_token_fp IS NOT NULL
-    QUALIFY rank <= 2
+WITH issuer AS (
+    SELECT refresh_token_fp AS fp,
+           arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id)) AS n
+    FROM tt_ev
+    WHERE refresh_token_fp IS NOT NULL AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
+    GROUP BY refresh_token_fp
 )
-SELECT e.n,
-       CASE WHEN e.notification_type = 'refresh' THEN
-           (SELECT i.n FROM issuers i WHERE i.fp = e.old_refresh_token_fp AND i.n <> e.n ORDER BY i.rank LIMIT 1)
-       END AS parent
-FROM tt_ev e
+SELECT e.n, i.n AS parent
+FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.old_refresh_token_fp
 """
 
+# Pointer jumping, incremental: `tt_res` holds resolved events (n -> root, depth); `tt_pend` the others,
+# each pointing at an ancestor `anc` at distance `dist`. A round resolves every pending event whose ancestor
+# is resolved and lets the rest jump to their ancestor's ancestor, so the pending set halves its distance
+# to the roots each round and only it is ever joined.
 _JUMP_START = """
-CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT n, coalesce(parent, n) AS anc, (parent IS NOT NULL)::INTEGER AS dist, parent IS NULL AS done FROM tt_link
+CREATE OR REPLACE TEMP TABLE tt_res AS SELECT n, n AS root, 0 AS depth FROM tt_link WHERE parent IS NULL;
+CREATE OR REPLACE TEMP TABLE tt_pend AS SELECT n, parent AS anc, 1 AS dist FROM tt_link WHERE parent IS NOT NULL;
 """
 
-# One round: an unresolved row takes its ancestor's ancestor; it is resolved once that ancestor is.
 _JUMP_ROUND = """
-CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT j.n,
-       CASE WHEN j.done THEN j.anc ELSE k.anc END AS anc,
-       CASE WHEN j.done THEN j.dist ELSE j.dist + k.dist END AS dist,
-       j.done OR k.done AS done
-FROM tt_jump j LEFT JOIN tt_jump k ON NOT j.done AND k.n = j.anc
+INSERT INTO tt_res SELECT p.n, r.root, p.dist + r.depth FROM tt_pend p JOIN tt_res r ON r.n = p.anc;
+CREATE OR REPLACE TEMP TABLE tt_pend AS
+SELECT p.n, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
 """
 
 _LINEAGE = """
@@ -65,7 +65,7 @@ WITH forks AS (
     SELECT old_refresh_token_fp FROM events WHERE notification_type = 'refresh'
     GROUP BY old_refresh_token_fp HAVING count(*) >= 2
 )
-SELECT e.event_id, p.event_id AS parent_id, r.event_id AS chain_id, j.dist::INTEGER AS depth,
+SELECT e.event_id, p.event_id AS parent_id, r.event_id AS chain_id, j.depth::INTEGER AS depth,
        date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
        CASE WHEN p.event_id IS NULL OR p.first_seen IS NULL OR e.first_seen IS NULL THEN NULL
             WHEN date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 > $ttl THEN 'late'
@@ -74,10 +74,10 @@ SELECT e.event_id, p.event_id AS parent_id, r.event_id AS chain_id, j.dist::INTE
        e.notification_type = 'refresh' AND e.old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM forks)
            AS forked
 FROM tt_ev e
-JOIN tt_jump j ON j.n = e.n
+JOIN tt_res j ON j.n = e.n
 JOIN tt_link l ON l.n = e.n
 LEFT JOIN tt_ev p ON p.n = l.parent
-JOIN tt_ev r ON r.n = j.anc
+JOIN tt_ev r ON r.n = j.root
 """
 
 _CHAINS = """
@@ -139,26 +139,27 @@ def rebuild(cur, *, access_ttl_s: int = 3600, refresh_ttl_s: int = DEFAULT_REFRE
     as_of = cur.execute("SELECT max(first_seen) FROM events").fetchall()[0][0]
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_jump", "tt_cycle_roots"):
+    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles}
 
 
 def _resolve(cur) -> int:
     rounds = 0
-    while True:
-        cur.execute(_JUMP_START)
-        pending = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchall()[0][0]
-        while pending:
-            cur.execute(_JUMP_ROUND)
-            rounds += 1
-            still = cur.execute("SELECT count(*) FROM tt_jump WHERE NOT done").fetchall()[0][0]
-            if still == pending:
-                break  # nothing resolved this round: the rest hangs on cycles
-            pending = still
-        if not pending:
-            return rounds
-        _break_cycles(cur)
+    cur.execute(_JUMP_START)
+    pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+    while pending:
+        resolved_before = cur.execute("SELECT count(*) FROM tt_res").fetchall()[0][0]
+        cur.execute(_JUMP_ROUND)
+        rounds += 1
+        resolved = cur.execute("SELECT count(*) FROM tt_res").fetchall()[0][0] - resolved_before
+        cur.execute("DELETE FROM tt_pend WHERE n IN (SELECT n FROM tt_res)")
+        pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+        if pending and not resolved and rounds > 1:
+            _break_cycles(cur)  # nothing resolved: what is left hangs on cycles
+            cur.execute(_JUMP_START)
+            pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+    return rounds
 
 
 def _break_cycles(cur) -> None:
@@ -166,7 +167,7 @@ def _break_cycles(cur) -> None:
     rows = cur.execute(
         """
         SELECT l.n, l.parent, e.first_seen, e.event_id
-        FROM tt_link l JOIN tt_jump j USING (n) JOIN tt_ev e USING (n) WHERE NOT j.done
+        FROM tt_link l JOIN tt_ev e USING (n) WHERE l.n NOT IN (SELECT n FROM tt_res)
         """
     ).fetchall()
     parent = {n: p for n, p, _, _ in rows}

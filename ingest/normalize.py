@@ -18,6 +18,10 @@ MACROS = r"""
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
     CASE WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', '(null)', 'N/A', 'n/a', 'undefined')
          THEN NULL ELSE trim(s) END;
+-- Fingerprints and ids are 72 bits, written as 12 URL-safe base64 characters: DuckDB keeps strings of up to
+-- 12 bytes inline, which makes joins and aggregations on them 2-3x faster than on 32 hex characters.
+CREATE OR REPLACE TEMP MACRO tt_fp(k, x) AS translate(left(to_base64(unhex(left(sha256(k || x), 18))), 12), '+/', '-_');
+CREATE OR REPLACE TEMP MACRO tt_id(x) AS translate(left(to_base64(unhex(md5(x))), 12), '+/', '-_');
 CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
     CASE WHEN starts_with(s, '{') THEN s WHEN strpos(s, '{') > 0 THEN substr(s, strpos(s, '{')) END;
 CREATE OR REPLACE TEMP MACRO tt_text_prefix(s) AS
@@ -99,31 +103,37 @@ WITH x AS (
     FROM f
 )
 SELECT * EXCLUDE (time_raw),
-       md5(concat_ws('|', notification_type, coalesce(auth_code_fp, ''), coalesce(access_token_fp, ''),
-                      coalesce(refresh_token_fp, ''), coalesce(old_refresh_token_fp, '')))
-           AS event_id,
        -- a time that is there but unreadable: the record still counts, as untimed, and is reported
        time_raw IS NOT NULL AND received_at IS NULL AS bad_time
 FROM (
+SELECT *,
+       -- a delivery is a payload at a time: re-reading a record, or an overlapping export, gives the same id
+       tt_id(event_id || '|' || coalesce(strftime(received_at, '%Y-%m-%dT%H:%M:%S.%f'), 'untimed')) AS delivery_id
+FROM (
+SELECT *,
+       tt_id(concat_ws('|', notification_type, coalesce(auth_code_fp, ''), coalesce(access_token_fp, ''),
+                     coalesce(refresh_token_fp, ''), coalesce(old_refresh_token_fp, ''))) AS event_id
+FROM (
     SELECT $source_id AS source_id, record_no, why AS reason,
            CASE WHEN why IS NOT NULL THEN left(tt_mask(raw), {EXCERPT_CHARS}) END AS excerpt,
-           CASE WHEN why IS NOT NULL THEN left(sha256($key || record_no::VARCHAR || '|' || raw), 32) END
+           CASE WHEN why IS NOT NULL THEN tt_fp($key, record_no::VARCHAR || '|' || raw) END
                AS quarantine_id,
            CASE WHEN why IS NULL THEN ntype END AS notification_type,
-           CASE WHEN why IS NULL THEN left(sha256($key || auth_code), 32) END AS auth_code_fp,
-           CASE WHEN why IS NULL THEN left(sha256($key || access_token), 32) END AS access_token_fp,
-           CASE WHEN why IS NULL THEN left(sha256($key || refresh_token), 32) END AS refresh_token_fp,
-           CASE WHEN why IS NULL THEN left(sha256($key || old_refresh_token), 32) END AS old_refresh_token_fp,
+           CASE WHEN why IS NULL THEN tt_fp($key, auth_code) END AS auth_code_fp,
+           CASE WHEN why IS NULL THEN tt_fp($key, access_token) END AS access_token_fp,
+           CASE WHEN why IS NULL THEN tt_fp($key, refresh_token) END AS refresh_token_fp,
+           CASE WHEN why IS NULL THEN tt_fp($key, old_refresh_token) END AS old_refresh_token_fp,
            CASE WHEN why IS NULL THEN tt_time(time_raw) END AS received_at, time_raw,
            CASE WHEN why IS NULL THEN tt_value(identity_raw) END AS identity
     FROM c
-)
+)))
 """
 
 STAGE_COLUMNS = (
     "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id VARCHAR, "
     "notification_type VARCHAR, auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, "
-    "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, bad_time BOOLEAN"
+    "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, delivery_id VARCHAR, "
+    "bad_time BOOLEAN"
 )
 
 

@@ -273,7 +273,7 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
             users.append(user)
         cur.register("tt_ids", pa.table({"code": pa.array(codes, pa.string()), "identity": pa.array(users, pa.string())}))
         cur.execute(
-            "INSERT INTO stage_identities SELECT left(sha256($key || code), 32), identity FROM tt_ids", {"key": key}
+            "INSERT INTO stage_identities SELECT tt_fp($key, code), identity FROM tt_ids", {"key": key}
         )
         cur.unregister("tt_ids")
         report.mapped = len(codes)
@@ -298,29 +298,38 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
 # -- merge ---------------------------------------------------------------------------------------------------
 
 def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None:
+    """Fold the stage into the store: new deliveries, their events, the quarantine. One pass each."""
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR)")
     if sources:
         cur.executemany("INSERT INTO tt_sources VALUES (?, ?)", [(sid, name) for sid, name, _ in sources])
-    # A delivery is a payload at a time: re-reading the same record, or an overlapping export, adds nothing.
+    # New deliveries: the first occurrence in this run of a delivery the store does not hold yet. Repeats
+    # inside one run are rare (overlapping exports), so only they pay for finding the first occurrence.
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE tt_dup AS
+        SELECT delivery_id, min(source_id::BIGINT * 1099511627776 + record_no) AS pos
+        FROM stage WHERE reason IS NULL GROUP BY delivery_id HAVING count(*) > 1
+        """
+    )
     cur.execute(
         """
         CREATE OR REPLACE TEMP TABLE tt_new AS
-        SELECT * FROM (
-            SELECT s.*, md5(s.event_id || '|' || coalesce(strftime(s.received_at, '%Y-%m-%dT%H:%M:%S.%f'), 'untimed'))
-                       AS delivery_id
-            FROM stage s WHERE s.reason IS NULL
-        ) n
-        WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = n.delivery_id)
-        QUALIFY row_number() OVER (PARTITION BY delivery_id ORDER BY source_id, record_no) = 1
+        SELECT s.* FROM stage s LEFT JOIN tt_dup d USING (delivery_id)
+        WHERE s.reason IS NULL
+          AND (d.pos IS NULL OR d.pos = s.source_id::BIGINT * 1099511627776 + s.record_no)
+          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
         """
     )
+    counts = dict(
+        ((sid, kind), n)
+        for sid, kind, n in cur.execute(
+            "SELECT source_id, 'valid', count(*) FROM stage WHERE reason IS NULL GROUP BY ALL "
+            "UNION ALL SELECT source_id, 'new', count(*) FROM tt_new GROUP BY ALL"
+        ).fetchall()
+    )
     for sid, _name, report in sources:
-        valid, new = cur.execute(
-            "SELECT (SELECT count(*) FROM stage WHERE source_id = $sid AND reason IS NULL), "
-            "(SELECT count(*) FROM tt_new WHERE source_id = $sid)",
-            {"sid": sid},
-        ).fetchall()[0]
-        report.new_deliveries, report.duplicate_deliveries = new, valid - new
+        report.new_deliveries = counts.get((sid, "new"), 0)
+        report.duplicate_deliveries = counts.get((sid, "valid"), 0) - report.new_deliveries
     cur.execute(
         """
         INSERT INTO deliveries
@@ -329,30 +338,38 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         """,
         {"run_id": run_id},
     )
+    # Events of the new deliveries; an event the store already has takes the new deliveries into its counts.
     cur.execute(
         """
-        CREATE OR REPLACE TEMP TABLE tt_touched AS
+        CREATE OR REPLACE TEMP TABLE tt_events AS
         SELECT event_id, any_value(notification_type) AS notification_type,
                any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
-               any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp
+               any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
+               min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
+               arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
         FROM tt_new GROUP BY event_id
         """
     )
     cur.execute(
         """
-        CREATE OR REPLACE TEMP TABLE tt_events AS
-        SELECT t.*, a.first_seen, a.last_seen, a.deliveries, a.identity
-        FROM tt_touched t JOIN (
-            SELECT event_id, min(received_at) AS first_seen, max(received_at) AS last_seen,
-                   count(*)::INTEGER AS deliveries,
-                   arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL)
-                       AS identity
-            FROM deliveries WHERE event_id IN (SELECT event_id FROM tt_touched) GROUP BY event_id
-        ) a USING (event_id)
+        CREATE OR REPLACE TEMP TABLE tt_known AS
+        SELECT e.event_id, least(e.first_seen, n.first_seen) AS first_seen,
+               greatest(e.last_seen, n.last_seen) AS last_seen, e.deliveries + n.deliveries AS deliveries,
+               CASE WHEN n.first_seen < e.first_seen THEN coalesce(n.identity, e.identity)
+                    ELSE coalesce(e.identity, n.identity) END AS identity
+        FROM events e JOIN tt_events n USING (event_id)
         """
     )
-    cur.execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM tt_touched)")
-    cur.execute("INSERT INTO events SELECT * FROM tt_events")
+    cur.execute(
+        """
+        UPDATE events SET first_seen = k.first_seen, last_seen = k.last_seen, deliveries = k.deliveries,
+                          identity = k.identity
+        FROM tt_known k WHERE events.event_id = k.event_id
+        """
+    )
+    cur.execute(
+        "INSERT INTO events SELECT * FROM tt_events WHERE event_id NOT IN (SELECT event_id FROM tt_known)"
+    )
     cur.execute(
         """
         INSERT INTO quarantine
@@ -364,7 +381,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         """,
         {"run_id": run_id},
     )
-    for t in ("tt_new", "tt_touched", "tt_events", "tt_sources"):
+    for t in ("tt_dup", "tt_new", "tt_known", "tt_events", "tt_sources"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 

@@ -7,8 +7,10 @@ and with both open (the "all" range) the figures include untimed rows, so they e
 What each figure is counted by, so that a range means the same thing everywhere:
 
 * events, refreshes, new events, the retry (duplicate) rate: `events.first_seen` and `deliveries.received_at`;
-* chains started, orphan chains, session lifetime: the chain's first event (`chains.first_seen`);
-* forced re-logins: the end of the dropped chain (`chains.last_seen`), when the session was lost;
+* chains started, orphan chains: the chain's first event (`chains.first_seen`);
+* forced re-logins and session lifetime: the chain's last event (`chains.last_seen`), when the session was
+  lost or last seen. (By first event, a range ending at the data's end would hold only young sessions that
+  are still running, and their median would look alarmingly short.)
 * forks: the moment the refresh token was presented the second time, when the reuse happened;
 * active sessions: chains still valid (last event + access-token lifetime) at the data's end, and per bucket
   the sessions alive at some time in the bucket, from a running sum of starts and expiries.
@@ -34,32 +36,35 @@ def _in_range(col: str) -> str:
 # refresh events whose presented token was presented by another refresh event too (ingest.lineage).
 _FORKS = """
 forks AS (
-    SELECT e.old_refresh_token_fp,
-           list_sort(list(e.first_seen) FILTER (e.first_seen IS NOT NULL))[2] AS fork_at
-    FROM lineage l JOIN events e USING (event_id)
-    WHERE l.forked
-    GROUP BY e.old_refresh_token_fp
+    SELECT old_refresh_token_fp, list_sort(list(first_seen) FILTER (first_seen IS NOT NULL))[2] AS fork_at
+    FROM events
+    WHERE event_id IN (SELECT event_id FROM lineage WHERE forked)  -- a semi-join: a few rows of millions
+    GROUP BY old_refresh_token_fp
 )"""
 
 _TILES = f"""
 WITH {_FORKS},
-ch AS (SELECT * FROM chains WHERE {_in_range('first_seen')})
-SELECT
-    (SELECT count(*) FROM chains WHERE end_state = 'active') AS active_sessions,
-    (SELECT count(*) FILTER (notification_type = 'refresh') FROM events WHERE {_in_range('first_seen')})
-        AS refreshes,
-    (SELECT count(*) FILTER (notification_type = 'new') FROM events WHERE {_in_range('first_seen')})
-        AS new_events,
-    (SELECT count(*) FROM events WHERE {_in_range('first_seen')}) AS events,
-    (SELECT count(*) FROM deliveries WHERE {_in_range('received_at')}) AS deliveries,
-    (SELECT count(*) FROM ch) AS chains_started,
-    (SELECT count(*) FILTER (orphan) FROM ch) AS orphan_chains,
-    (SELECT count(*) FROM forks WHERE {_in_range('fork_at')}) AS forks,
-    (SELECT count(*) FILTER (end_state = 'forced_relogin') FROM chains WHERE {_in_range('last_seen')})
-        AS forced_relogins,
-    (SELECT count(*) FILTER (identity IS NOT NULL) FROM chains WHERE {_in_range('last_seen')})
-        AS identified_chains_ended,
-    (SELECT median(lifetime_s) FROM ch WHERE lifetime_s IS NOT NULL) AS median_session_lifetime_s
+ev AS (
+    SELECT count(*) FILTER (notification_type = 'refresh') AS refreshes,
+           count(*) FILTER (notification_type = 'new') AS new_events, count(*) AS events
+    FROM events WHERE {_in_range("first_seen")}
+),
+dl AS (SELECT count(*) AS deliveries FROM deliveries WHERE {_in_range("received_at")}),
+started AS (
+    SELECT count(*) AS chains_started, count(*) FILTER (orphan) AS orphan_chains
+    FROM chains WHERE {_in_range("first_seen")}
+),
+ended AS (
+    SELECT count(*) FILTER (end_state = 'forced_relogin') AS forced_relogins,
+           count(*) FILTER (identity IS NOT NULL) AS identified_chains_ended,
+           median(lifetime_s) AS median_session_lifetime_s
+    FROM chains WHERE {_in_range("last_seen")}
+)
+SELECT (SELECT count(*) FROM chains WHERE end_state = 'active') AS active_sessions,
+       ev.refreshes, ev.new_events, ev.events, dl.deliveries, started.chains_started, started.orphan_chains,
+       (SELECT count(*) FROM forks WHERE {_in_range("fork_at")}) AS forks,
+       ended.forced_relogins, ended.identified_chains_ended, ended.median_session_lifetime_s
+FROM ev, dl, started, ended
 """
 
 # One row per bucket of the range, every bucket present (zero when nothing happened), so sparklines and
@@ -79,25 +84,26 @@ ev AS (
            count(*) FILTER (notification_type = 'new') AS new_events,
            count(*) FILTER (notification_type = 'refresh') AS refreshes,
            count(*) AS events
-    FROM events WHERE first_seen IS NOT NULL AND {_in_range('first_seen')} GROUP BY 1
+    FROM events WHERE first_seen IS NOT NULL AND {_in_range("first_seen")} GROUP BY 1
 ),
 dl AS (
     SELECT time_bucket($bucket::INTERVAL, received_at) AS bucket, count(*) AS deliveries
-    FROM deliveries WHERE received_at IS NOT NULL AND {_in_range('received_at')} GROUP BY 1
+    FROM deliveries WHERE received_at IS NOT NULL AND {_in_range("received_at")} GROUP BY 1
 ),
 st AS (
     SELECT time_bucket($bucket::INTERVAL, first_seen) AS bucket, count(*) AS chains_started,
-           count(*) FILTER (orphan) AS orphan_chains, median(lifetime_s) AS median_session_lifetime_s
-    FROM chains WHERE first_seen IS NOT NULL AND {_in_range('first_seen')} GROUP BY 1
+           count(*) FILTER (orphan) AS orphan_chains
+    FROM chains WHERE first_seen IS NOT NULL AND {_in_range("first_seen")} GROUP BY 1
 ),
 en AS (
     SELECT time_bucket($bucket::INTERVAL, last_seen) AS bucket,
-           count(*) FILTER (end_state = 'forced_relogin') AS forced_relogins
-    FROM chains WHERE last_seen IS NOT NULL AND {_in_range('last_seen')} GROUP BY 1
+           count(*) FILTER (end_state = 'forced_relogin') AS forced_relogins,
+           median(lifetime_s) AS median_session_lifetime_s
+    FROM chains WHERE last_seen IS NOT NULL AND {_in_range("last_seen")} GROUP BY 1
 ),
 fk AS (
     SELECT time_bucket($bucket::INTERVAL, fork_at) AS bucket, count(*) AS forks
-    FROM forks WHERE fork_at IS NOT NULL AND {_in_range('fork_at')} GROUP BY 1
+    FROM forks WHERE fork_at IS NOT NULL AND {_in_range("fork_at")} GROUP BY 1
 ),
 alive_delta AS (
     SELECT time_bucket($bucket::INTERVAL, first_seen) AS bucket, count(*) AS d
@@ -118,7 +124,7 @@ SELECT b.bucket,
        coalesce(dl.deliveries, 0) - coalesce(ev.events, 0) AS duplicates,
        coalesce(st.chains_started, 0) AS chains_started,
        coalesce(st.orphan_chains, 0) AS orphan_chains,
-       st.median_session_lifetime_s,
+       en.median_session_lifetime_s,
        coalesce(en.forced_relogins, 0) AS forced_relogins,
        coalesce(fk.forks, 0) AS forks,
        coalesce(a.active_sessions, 0) AS active_sessions

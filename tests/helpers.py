@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -30,7 +31,8 @@ def jsonl(records: list[dict]) -> bytes:
 
 def fp(store: Store, value: str) -> str:
     """The store's fingerprint of a raw value (the test knows the key; the database never does)."""
-    return hashlib.sha256((store.key + value).encode()).hexdigest()[:32]
+    digest = hashlib.sha256((store.key + value).encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 def load(store: Store, records: list[dict], name: str = "input.jsonl", identities: bytes | None = None):
