@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 BATCH_RECORDS = 100_000
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 16 << 20
 SAMPLE_BYTES = 1 << 20
 
 # Signals that a JSON document's part holds a Tyk notification.

@@ -12,12 +12,15 @@ A file that is not a log export is reported (with its name) and skipped; the oth
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -113,7 +116,7 @@ def ingest(
                         source_id = len(sources) + 1
                         sources.append((source_id, source.name, report))
                         try:
-                            _stage_source(cur, store.key, source_id, source.batches, report)
+                            _stage_source(cur, store.key, source_id, _prefetch(source.batches), report)
                         except ReadError as e:
                             report.error = str(e)
                 except ReadError as e:
@@ -383,6 +386,36 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     )
     for t in ("tt_dup", "tt_new", "tt_known", "tt_events", "tt_sources"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _prefetch(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Read the next batches on a thread while DuckDB (which releases the GIL) works on the current one."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                q.put(batch)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="tokentrail-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
