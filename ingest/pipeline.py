@@ -104,19 +104,22 @@ def ingest(
                 continue
             try:
                 size = _size(item)
+                # The reader thread only records how far it got; progress is reported from this thread
+                # (callers such as Streamlit must not be called from elsewhere).
+                position = [0]
 
-                def on_bytes(n: int, _base=done_before, _name=name) -> None:
+                def on_batch(_base=done_before, _name=name, _pos=position) -> None:
                     if progress:
-                        progress(f"reading {Path(_name).name}", _base + n, total)
+                        progress(f"reading {Path(_name).name}", _base + _pos[0], total)
 
                 try:
-                    for source in open_sources(name, fileobj, on_bytes):
+                    for source in open_sources(name, fileobj, lambda n, _p=position: _p.__setitem__(0, n)):
                         report = FileReport(source.name, source.format)
                         reports.append(report)
                         source_id = len(sources) + 1
                         sources.append((source_id, source.name, report))
                         try:
-                            _stage_source(cur, store.key, source_id, _prefetch(source.batches), report)
+                            _stage_source(cur, store.key, source_id, _prefetch(source.batches), report, on_batch)
                         except ReadError as e:
                             report.error = str(e)
                 except ReadError as e:
@@ -163,7 +166,7 @@ def ingest(
 # -- staging -------------------------------------------------------------------------------------------------
 
 
-def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) -> None:
+def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on_batch=None) -> None:
     layout: Layout | None = None
     learned = False
     params = {"key": key, "source_id": source_id}
@@ -192,6 +195,8 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport) ->
             finally:
                 cur.unregister("tt_slow")
         report.records += len(table)
+        if on_batch:
+            on_batch()
     row = cur.execute(
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
         "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",

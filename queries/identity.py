@@ -27,7 +27,10 @@ from queries.lifetimes import duration_text
 from queries.refresh import access_ttl_s
 from queries.summary import SHORT_FP
 
-CONTINUATION_SLACK_S = 900  # beyond two token lifetimes, how late an orphan may start to count as a continuation
+CONTINUATION_SLACK_S = (
+    900  # beyond two token lifetimes, how late an orphan may start to count as a continuation
+)
+STRONG_GUESS_RIVALS = 3  # more sessions than this ending in the same window make a continuation a weak guess
 
 _IN_RANGE = """
   AND (CAST($start AS TIMESTAMP) IS NULL OR c.first_seen >= $start)
@@ -39,11 +42,6 @@ SELECT identity FROM chains c WHERE identity IS NOT NULL {_IN_RANGE}
 GROUP BY identity ORDER BY identity LIMIT $limit
 """
 
-_SEARCH = """
-SELECT identity FROM chains WHERE identity IS NOT NULL AND contains(lower(identity), lower($text))
-GROUP BY identity ORDER BY identity LIMIT $limit
-"""
-
 _IDENTITY_OVERVIEW = """
 SELECT count(*) AS chains, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
        sum(events)::BIGINT AS events
@@ -51,51 +49,49 @@ FROM chains WHERE identity = $identity
 """
 
 # next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
-# forced re-login); last_refresh_used: whether any refresh presented the chain's last refresh token.
+# forced re-login), over all its chains whatever the range.
 _CHAINS = f"""
 WITH mine AS (
     SELECT * FROM chains WHERE identity = $identity
-), last_token AS (
-    SELECT l.chain_id, arg_max(e.refresh_token_fp, (e.first_seen, e.event_id)) AS last_refresh_fp
-    FROM lineage l JOIN events e USING (event_id)
-    WHERE l.chain_id IN (SELECT chain_id FROM mine)
-    GROUP BY l.chain_id
 ), nxt AS (
     SELECT c.chain_id, d.first_seen AS next_start, d.chain_id AS next_chain_id
     FROM mine c ASOF JOIN mine d ON d.first_seen > c.last_seen
 )
 SELECT c.chain_id, left(c.chain_id, {SHORT_FP}) AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
        c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
-       n.next_start, left(n.next_chain_id, {SHORT_FP}) AS next_chain,
-       t.last_refresh_fp IS NOT NULL
-           AND t.last_refresh_fp IN (SELECT old_refresh_token_fp FROM events WHERE old_refresh_token_fp IS NOT NULL)
-           AS last_refresh_used
-FROM mine c LEFT JOIN nxt n USING (chain_id) LEFT JOIN last_token t USING (chain_id)
+       n.next_start, left(n.next_chain_id, {SHORT_FP}) AS next_chain
+FROM mine c LEFT JOIN nxt n USING (chain_id)
 WHERE TRUE {_IN_RANGE}
 ORDER BY c.first_seen NULLS LAST, c.chain_id
 """
 
+# A parent is always in its child's chain, so the parent's time comes from the same small set: the large
+# events table is probed once.
 _EVENTS = f"""
 WITH mine AS (
     SELECT chain_id FROM chains c
     WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = $chain_id) {_IN_RANGE}
+), ev AS (
+    SELECT l.event_id, l.chain_id, l.parent_id, l.refresh_class, l.interval_s, l.depth, l.forked,
+           e.first_seen, e.notification_type, e.deliveries, e.access_token_fp, e.refresh_token_fp,
+           e.old_refresh_token_fp
+    FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 )
-SELECT e.event_id, left(e.event_id, {SHORT_FP}) AS event, l.chain_id, left(l.chain_id, {SHORT_FP}) AS chain,
-       e.first_seen AS time, e.notification_type AS type, e.deliveries,
-       left(e.access_token_fp, {SHORT_FP}) AS access_token, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_token,
-       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_token,
-       l.refresh_class, l.interval_s, l.depth, l.forked, l.parent_id, left(l.parent_id, {SHORT_FP}) AS parent,
+SELECT ev.event_id, left(ev.event_id, {SHORT_FP}) AS event, ev.chain_id, left(ev.chain_id, {SHORT_FP}) AS chain,
+       ev.first_seen AS time, ev.notification_type AS type, ev.deliveries,
+       left(ev.access_token_fp, {SHORT_FP}) AS access_fp, left(ev.refresh_token_fp, {SHORT_FP}) AS refresh_fp,
+       left(ev.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_fp,
+       ev.refresh_class, ev.interval_s, ev.depth, ev.forked, ev.parent_id, left(ev.parent_id, {SHORT_FP}) AS parent,
        p.first_seen AS parent_time
-FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
-LEFT JOIN events p ON p.event_id = l.parent_id
-ORDER BY e.first_seen NULLS LAST, e.event_id
+FROM ev LEFT JOIN ev p ON p.event_id = ev.parent_id
+ORDER BY ev.first_seen NULLS LAST, ev.event_id
 """
 
 _CHAIN_EVENTS = f"""
 SELECT e.event_id, l.parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
        l.forked, l.refresh_class, l.interval_s,
-       left(e.access_token_fp, {SHORT_FP}) AS access_token, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_token,
-       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_token
+       left(e.access_token_fp, {SHORT_FP}) AS access_fp, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_fp,
+       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_fp
 FROM lineage l JOIN events e USING (event_id)
 WHERE l.chain_id = $chain_id
 ORDER BY e.first_seen NULLS LAST, e.event_id
@@ -103,12 +99,11 @@ ORDER BY e.first_seen NULLS LAST, e.event_id
 
 _FORKS = f"""
 WITH mine AS (
-    SELECT chain_id FROM chains c WHERE identity = $identity {_IN_RANGE}
+    SELECT chain_id FROM chains c WHERE identity = $identity AND forks > 0 {_IN_RANGE}
 )
-SELECT left(l.chain_id, {SHORT_FP}) AS chain, e.old_refresh_token_fp AS token,
+SELECT left(l.chain_id, {SHORT_FP}) AS chain, left(e.old_refresh_token_fp, {SHORT_FP}) AS token_fp,
        min(e.first_seen) AS first_at, max(e.first_seen) AS last_at, count(*) AS presented
-FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
-WHERE l.forked
+FROM (SELECT event_id, chain_id FROM lineage WHERE forked) l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 GROUP BY ALL ORDER BY first_at
 """
 
@@ -148,16 +143,12 @@ def refresh_ttl_s(store: Store) -> int:
     return int(store.get_meta("refresh_ttl_s", str(DEFAULT_REFRESH_TTL_S)) or DEFAULT_REFRESH_TTL_S)
 
 
-def identity_options(store: Store, start: datetime | None, end: datetime | None, limit: int = 5000) -> list[str]:
+def identity_options(
+    store: Store, start: datetime | None, end: datetime | None, limit: int = 5000
+) -> list[str]:
     """Identities with a chain starting in the range, alphabetically (at most `limit`)."""
     cur = store.cursor()
     return [r[0] for r in cur.execute(_OPTIONS, {**_range(start, end), "limit": int(limit)}).fetchall()]
-
-
-def search_identities(store: Store, text: str, limit: int = 50) -> list[str]:
-    """Identities containing `text` (case-insensitive), over all data."""
-    cur = store.cursor()
-    return [r[0] for r in cur.execute(_SEARCH, {"text": text, "limit": int(limit)}).fetchall()]
 
 
 def identity_overview(store: Store, identity: str) -> dict:
@@ -168,7 +159,9 @@ def identity_overview(store: Store, identity: str) -> dict:
     return dict(zip(cols, cur.fetchall()[0], strict=True))
 
 
-def identity_chains(store: Store, identity: str, start: datetime | None, end: datetime | None) -> pd.DataFrame:
+def identity_chains(
+    store: Store, identity: str, start: datetime | None, end: datetime | None
+) -> pd.DataFrame:
     """The identity's chains starting in the range, oldest first, with the next chain's start (any time)."""
     cur = store.cursor()
     cur.execute(_CHAINS, {**_range(start, end), "identity": identity})
@@ -245,92 +238,175 @@ def _postorder(roots: list[str], children: dict[str, list[str]]) -> list[str]:
     return out
 
 
+def fmt_count(n: int) -> str:
+    return f"{int(n):,}"
+
+
 def _ts(value) -> str:
-    return "an unknown time" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%Y-%m-%d %H:%M} UTC"
+    return (
+        "an unknown time" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def identity_detail(store: Store, identity: str, start: datetime | None, end: datetime | None) -> dict:
+    """Everything the drill-down shows for one identity in the range, each query run once.
+
+    Returns {"overview", "chains", "events", "findings", "ttl_s"}: see `identity_overview`,
+    `identity_chains`, `identity_events` (all chains) and `session_findings`.
+    """
+    chains = identity_chains(store, identity, start, end)
+    events = identity_events(store, identity, start, end)
+    return {
+        "overview": identity_overview(store, identity),
+        "chains": chains,
+        "events": events,
+        "findings": session_findings(store, identity, start, end, chains=chains, events=events),
+        "ttl_s": access_ttl_s(store),
+    }
 
 
 def session_findings(
-    store: Store, identity: str, start: datetime | None, end: datetime | None
+    store: Store,
+    identity: str,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    chains: pd.DataFrame | None = None,
+    events: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """What the data says about why this identity's sessions dropped, newest first.
 
     Columns: time, chain, kind (forced_relogin | orphan_guess | fork | late_refresh | ended | active),
-    severity (bad | warn | info | ok), text (one plain sentence or two).
+    severity (bad | warn | info | ok), text (one plain sentence or two), rivals (orphan guesses only: how many
+    other sessions ended in the same window; the fewer, the better the guess). `chains` and `events` may be passed
+    in when the caller has them already (`identity_chains`, `identity_events` for the same arguments).
     """
     ttl = access_ttl_s(store)
     rttl = refresh_ttl_s(store)
-    chains = identity_chains(store, identity, start, end)
+    if chains is None:
+        chains = identity_chains(store, identity, start, end)
+    if events is None:
+        events = identity_events(store, identity, start, end)
     rows: list[dict] = []
 
     for c in chains.itertuples(index=False):
         if c.end_state == "forced_relogin" and not pd.isna(c.next_start):
             after = (pd.Timestamp(c.next_start) - pd.Timestamp(c.last_seen)).total_seconds()
             last = "the last refresh" if c.refreshes else "logging in"
-            why = ("the app lost its tokens (storage cleared, a crash, a second device without them)"
-                   if after <= 2 * ttl else
-                   "the app dropped the session without using its refresh token (a logout that did not revoke "
-                   "it, storage cleared, or a new device)")
-            rows.append({
-                "time": c.last_seen, "chain": c.chain, "kind": "forced_relogin", "severity": "bad",
-                "text": f"Chain {c.chain} ended in a forced re-login at {_ts(c.last_seen)}: the user logged in "
-                        f"again (chain {c.next_chain}) {duration_text(after)} after {last}, while its refresh "
-                        f"token was still valid for {duration_text(rttl - after)}: {why}.",
-            })
+            why = (
+                "the app lost its tokens (storage cleared, a crash, a second device without them)"
+                if after <= 2 * ttl
+                else "the app dropped the session without using its refresh token (a logout that did not revoke "
+                "it, storage cleared, or a new device)"
+            )
+            rows.append(
+                {
+                    "time": c.last_seen,
+                    "chain": c.chain,
+                    "kind": "forced_relogin",
+                    "severity": "bad",
+                    "text": f"Chain {c.chain} ended in a forced re-login at {_ts(c.last_seen)}: the user logged in "
+                    f"again (chain {c.next_chain}) {duration_text(after)} after {last}, while its refresh "
+                    f"token was still valid for {duration_text(rttl - after)}: {why}.",
+                }
+            )
         elif c.end_state == "active":
-            rows.append({
-                "time": c.last_seen, "chain": c.chain, "kind": "active", "severity": "ok",
-                "text": f"Chain {c.chain} is still active: its last access token was issued at {_ts(c.last_seen)} "
-                        "and is valid at the end of the data.",
-            })
+            rows.append(
+                {
+                    "time": c.last_seen,
+                    "chain": c.chain,
+                    "kind": "active",
+                    "severity": "ok",
+                    "text": f"Chain {c.chain} is still active: its last access token was issued at {_ts(c.last_seen)} "
+                    "and is valid at the end of the data.",
+                }
+            )
         elif c.end_state == "ended":
-            why = ("its last refresh token was never presented" if not c.last_refresh_used
-                   else "its last refresh token was presented again")
-            later = (f"; the user came back {duration_text((pd.Timestamp(c.next_start) - pd.Timestamp(c.last_seen)).total_seconds())} later"
-                     if not pd.isna(c.next_start) else "")
-            rows.append({
-                "time": c.last_seen, "chain": c.chain, "kind": "ended", "severity": "info",
-                "text": f"Chain {c.chain} ended at {_ts(c.last_seen)}: {why}{later}. The notifications do not "
-                        "say why (a logout, an idle app, or a lost notification: see the continuations).",
-            })
+            why = "its last refresh token was never presented"
+            later = (
+                f"; the user came back {duration_text((pd.Timestamp(c.next_start) - pd.Timestamp(c.last_seen)).total_seconds())} later"
+                if not pd.isna(c.next_start)
+                else ""
+            )
+            rows.append(
+                {
+                    "time": c.last_seen,
+                    "chain": c.chain,
+                    "kind": "ended",
+                    "severity": "info",
+                    "text": f"Chain {c.chain} ended at {_ts(c.last_seen)}: {why}{later}. The notifications do not "
+                    "say why (a logout, an idle app, or a lost notification: see the continuations).",
+                }
+            )
 
-    events = identity_events(store, identity, start, end)
     late = events[events["refresh_class"] == "late"]
     for e in late.itertuples(index=False):
         over = float(e.interval_s) - ttl
-        rows.append({
-            "time": e.time, "chain": e.chain, "kind": "late_refresh", "severity": "warn",
-            "text": f"The refresh at {_ts(e.time)} (chain {e.chain}) came {duration_text(over)} after the access "
-                    f"token expired (late refresh): the client held an expired token from "
-                    f"{_ts(pd.Timestamp(e.parent_time) + pd.Timedelta(seconds=ttl))}, or was idle.",
-        })
+        rows.append(
+            {
+                "time": e.time,
+                "chain": e.chain,
+                "kind": "late_refresh",
+                "severity": "warn",
+                "text": f"The refresh at {_ts(e.time)} (chain {e.chain}) came {duration_text(over)} after the access "
+                f"token expired (late refresh): the client held an expired token from "
+                f"{_ts(pd.Timestamp(e.parent_time) + pd.Timedelta(seconds=ttl))}, or was idle.",
+            }
+        )
 
     cur = store.cursor()
     cur.execute(_FORKS, {**_range(start, end), "identity": identity})
     for f in cur.df().itertuples(index=False):
         apart = (pd.Timestamp(f.last_at) - pd.Timestamp(f.first_at)).total_seconds()
-        rows.append({
-            "time": f.first_at, "chain": f.chain, "kind": "fork", "severity": "warn",
-            "text": f"Chain {f.chain} forked at {_ts(f.first_at)}: the same refresh token ({f.token[:SHORT_FP]}) was "
-                    f"presented {f.presented} times, {duration_text(apart)} apart: two app instances racing, or a "
-                    "replay (a stolen token).",
-        })
+        rows.append(
+            {
+                "time": f.first_at,
+                "chain": f.chain,
+                "kind": "fork",
+                "severity": "warn",
+                "text": f"Chain {f.chain} forked at {_ts(f.first_at)}: the same refresh token ({f.token_fp}) was "
+                f"presented {f.presented} times, {duration_text(apart)} apart: two app instances racing, or a "
+                "replay (a stolen token).",
+            }
+        )
 
-    cur.execute(_CONTINUATIONS, {**_range(start, end), "identity": identity,
-                                 "window_s": float(2 * ttl + CONTINUATION_SLACK_S), "ttl": float(ttl)})
+    cur.execute(
+        _CONTINUATIONS,
+        {
+            **_range(start, end),
+            "identity": identity,
+            "window_s": float(2 * ttl + CONTINUATION_SLACK_S),
+            "ttl": float(ttl),
+        },
+    )
     for o in cur.df().itertuples(index=False):
         after = (pd.Timestamp(o.orphan_start) - pd.Timestamp(o.last_seen)).total_seconds()
-        others = (f"{o.other_sessions} other sessions ended in the same window" if o.other_sessions > 1 else
-                  "1 other session ended in the same window" if o.other_sessions == 1 else
-                  "no other session ended in that window")
-        rows.append({
-            "time": o.orphan_start, "chain": o.chain, "kind": "orphan_guess", "severity": "warn",
-            "text": f"Possible continuation (a guess, matched by time only; {others}): orphan chain "
-                    f"{o.orphan_chain} ({o.orphan_events} events) started at {_ts(o.orphan_start)} with no parent, "
-                    f"{duration_text(after)} after chain {o.chain} ended. If it is this session, the receiver "
-                    "missed the notification that continued it.",
-        })
+        if o.other_sessions == 0:
+            how = "a guess by time, but no other session ended in that window"
+        elif o.other_sessions <= STRONG_GUESS_RIVALS:
+            how = (
+                f"a guess by time: {o.other_sessions} other session{'s' if o.other_sessions > 1 else ''} ended "
+                "in the same window"
+            )
+        else:
+            how = (
+                f"a weak guess by time: {fmt_count(o.other_sessions)} other sessions ended in the same window"
+            )
+        events = f"{o.orphan_events} event{'s' if o.orphan_events != 1 else ''}"
+        rows.append(
+            {
+                "time": o.orphan_start,
+                "chain": o.chain,
+                "kind": "orphan_guess",
+                "severity": "warn",
+                "rivals": int(o.other_sessions),
+                "text": f"Possible continuation ({how}): orphan chain {o.orphan_chain} ({events}) started at "
+                f"{_ts(o.orphan_start)} with no parent, {duration_text(after)} after chain {o.chain} ended. If "
+                "it is this session, the receiver missed the notification that continued it.",
+            }
+        )
 
-    out = pd.DataFrame(rows, columns=["time", "chain", "kind", "severity", "text"])
+    out = pd.DataFrame(rows, columns=["time", "chain", "kind", "severity", "text", "rivals"])
     if not out.empty:
         out["time"] = pd.to_datetime(out["time"])
         out = out.sort_values("time", ascending=False, kind="stable").reset_index(drop=True)

@@ -1,7 +1,9 @@
 """Named queries behind the Session lifetimes page: how long sessions live, and who loses theirs.
 
 A session's lifetime is its chain's span plus one access-token lifetime (DOMAIN.md), so it is never shorter
-than one token lifetime. The survival curve is a Kaplan-Meier estimate computed in SQL on a fixed grid:
+than one token lifetime, and lifetimes spread from that hour to weeks. Both the histogram and the survival
+curve therefore use a log scale of time starting at one token lifetime: histogram bins are half octaves
+(each √2 times longer than the one before), the survival grid is geometric. The survival curve is a Kaplan-Meier estimate computed in SQL on a fixed grid:
 sessions still `active` at the end of the data have not ended yet, so they count as alive up to their
 current lifetime and then leave the population (censored) instead of counting as ended. Chains are
 selected by `first_seen` in `[start, end)` and by kind: all, identified (an identity is known), orphan, or
@@ -16,6 +18,7 @@ from datetime import datetime
 import pandas as pd
 
 from ingest.store import Store
+from queries.refresh import access_ttl_s
 
 KINDS = {
     "all": "All chains",
@@ -23,8 +26,7 @@ KINDS = {
     "orphan": "Orphan chains",
     "unidentified": "Unidentified (machines, unmapped logins)",
 }
-NICE_WIDTHS_S = (300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
-HIST_MAX_BINS = 40
+BINS_PER_OCTAVE = 2  # histogram bins: ttl x 2^(k/2)
 SURVIVAL_STEPS = 120
 
 _SELECT = """
@@ -49,28 +51,29 @@ FROM c
 """
 
 _HISTOGRAM = f"""{_SELECT}
-SELECT least(floor(lifetime_s / $width), $nbins)::INTEGER AS bin, end_state, count(*) AS chains
+SELECT greatest(floor($per_octave * log2(lifetime_s / $ttl)), 0)::INTEGER AS bin, end_state, count(*) AS chains
 FROM c GROUP BY ALL ORDER BY bin, end_state
 """
 
-# Kaplan-Meier on a grid of `steps` intervals of `width` seconds: ended sessions are events, active ones
-# are censored; S(t) is the running product of (1 - ended / at risk).
+# Kaplan-Meier on a geometric grid of `steps` intervals from one token lifetime to `top` seconds: ended
+# sessions are events, active ones are censored; S(t) is the running product of (1 - ended / at risk).
+# Lifetimes beyond `top` fall in the last step.
 _SURVIVAL = f"""{_SELECT}, steps AS (
-    SELECT least(floor(lifetime_s / $width), $steps)::INTEGER AS k,
+    SELECT least(greatest(floor($steps * ln(lifetime_s / $ttl) / ln($top / $ttl)), 0), $steps - 1)::INTEGER AS k,
            count(*) FILTER (end_state <> 'active') AS ended, count(*) FILTER (end_state = 'active') AS censored
     FROM c GROUP BY 1
 ), grid AS (
     SELECT g.k, coalesce(s.ended, 0) AS ended, coalesce(s.censored, 0) AS censored
-    FROM range(0, $steps + 1) g(k) LEFT JOIN steps s USING (k)
+    FROM range(0, $steps) g(k) LEFT JOIN steps s USING (k)
 ), risk AS (
     SELECT k, ended, censored,
            (SELECT count(*) FROM c) - coalesce(sum(ended + censored) OVER (ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING
                                                                           AND 1 PRECEDING), 0) AS at_risk
     FROM grid
 )
-SELECT (k + 1) * $width AS t_s, at_risk, ended, censored,
+SELECT $ttl * pow($top / $ttl, (k + 1) / $steps) AS t_s, at_risk, ended, censored,
        product(CASE WHEN at_risk > 0 THEN 1 - ended / at_risk ELSE 1 END) OVER (ORDER BY k) AS alive
-FROM risk WHERE k < $steps
+FROM risk
 ORDER BY k
 """
 
@@ -123,45 +126,48 @@ def lifetime_totals(store: Store, start: datetime | None, end: datetime | None, 
     return dict(zip(cols, cur.fetchall()[0], strict=True))
 
 
-def _nice_width(top_s: float | None, max_bins: int) -> float:
-    top = max(float(top_s or 0.0), 1.0)
-    for w in NICE_WIDTHS_S:
-        if top / w <= max_bins:
-            return float(w)
-    return float(math.ceil(top / max_bins / 86400) * 86400)
+def _ttl(store: Store) -> float:
+    return float(access_ttl_s(store))
 
 
-def lifetime_histogram(store: Store, start: datetime | None, end: datetime | None, kind: str = "all") -> pd.DataFrame:
-    """Session lifetimes binned: columns bin, lo_s, hi_s (inf for the overflow bin), end_state, chains.
+def lifetime_histogram(
+    store: Store, start: datetime | None, end: datetime | None, kind: str = "all"
+) -> pd.DataFrame:
+    """Session lifetimes in half-octave bins from one token lifetime: columns bin, lo_s, hi_s, end_state, chains.
 
-    The bin width is a round duration chosen so that 98 % of the sessions fall in at most 40 bins; the
-    rest share one overflow bin.
+    Bin k holds lifetimes in [ttl x 2^(k/2), ttl x 2^((k+1)/2)); a lifetime under one token lifetime (the
+    lifetime setting changed between ingests) counts in bin 0.
     """
-    totals = lifetime_totals(store, start, end, kind)
-    width = _nice_width(totals["p98_lifetime_s"], HIST_MAX_BINS)
-    nbins = HIST_MAX_BINS
+    ttl = _ttl(store)
     cur = store.cursor()
-    cur.execute(_HISTOGRAM, {**_params(start, end, kind), "width": width, "nbins": nbins})
+    cur.execute(_HISTOGRAM, {**_params(start, end, kind), "ttl": ttl, "per_octave": float(BINS_PER_OCTAVE)})
     df = cur.df()
-    df["lo_s"] = df["bin"] * width
-    df["hi_s"] = [float("inf") if b >= nbins else (b + 1) * width for b in df["bin"]]
+    df["lo_s"] = ttl * 2.0 ** (df["bin"] / BINS_PER_OCTAVE)
+    df["hi_s"] = ttl * 2.0 ** ((df["bin"] + 1) / BINS_PER_OCTAVE)
     return df[["bin", "lo_s", "hi_s", "end_state", "chains"]]
 
 
-def survival_curve(store: Store, start: datetime | None, end: datetime | None, kind: str = "all") -> pd.DataFrame:
+def survival_curve(
+    store: Store, start: datetime | None, end: datetime | None, kind: str = "all"
+) -> pd.DataFrame:
     """Share of sessions still alive after t (Kaplan-Meier, active sessions censored).
 
-    Columns: t_s, alive (0..1), at_risk, ended, censored; the grid runs to the 99th percentile lifetime in
-    120 steps and starts with (0 s, 1.0).
+    Columns: t_s, alive (0..1), at_risk, ended, censored. The grid is geometric, 120 steps from one token
+    lifetime to the 99th percentile lifetime, and starts with (0 s, 1.0) and (ttl, 1.0): no session ends
+    before one token lifetime.
     """
     totals = lifetime_totals(store, start, end, kind)
     if not totals["chains"]:
         return pd.DataFrame({"t_s": [], "alive": [], "at_risk": [], "ended": [], "censored": []})
-    width = max(float(totals["p99_lifetime_s"] or 0.0), 1.0) / SURVIVAL_STEPS
+    ttl = _ttl(store)
+    top = max(float(totals["p99_lifetime_s"] or 0.0), ttl * 1.01)
     cur = store.cursor()
-    cur.execute(_SURVIVAL, {**_params(start, end, kind), "width": width, "steps": SURVIVAL_STEPS})
+    cur.execute(_SURVIVAL, {**_params(start, end, kind), "ttl": ttl, "top": top, "steps": SURVIVAL_STEPS})
     df = cur.df()
-    head = pd.DataFrame({"t_s": [0.0], "at_risk": [totals["chains"]], "ended": [0], "censored": [0], "alive": [1.0]})
+    n = totals["chains"]
+    head = pd.DataFrame(
+        {"t_s": [0.0, ttl], "at_risk": [n, n], "ended": [0, 0], "censored": [0, 0], "alive": [1.0, 1.0]}
+    )
     return pd.concat([head, df], ignore_index=True)[["t_s", "alive", "at_risk", "ended", "censored"]]
 
 

@@ -114,7 +114,7 @@ WITH gaps AS (
            arg_max(g.usual_gap_s, g.gap_s) AS usual_gap_s
     FROM orphans o JOIN gaps g ON g.gap_start < o.first_seen AND g.gap_end > o.look_from
     GROUP BY o.chain_id
-)
+), result AS MATERIALIZED (
 SELECT w.chain_id, left(w.chain_id, {SHORT_FP}) AS chain, w.first_seen, w.last_seen, w.events, w.deliveries,
        w.refreshes, w.span_s, w.end_state, left(w.unknown_parent_fp, {SHORT_FP}) AS unknown_parent,
        date_diff('microsecond', t.first_at, w.first_seen) / 1e6 AS after_data_start_s,
@@ -130,11 +130,16 @@ SELECT w.chain_id, left(w.chain_id, {SHORT_FP}) AS chain, w.first_seen, w.last_s
                  AND w.window_retries / nullif(w.window_deliveries, 0)
                      >= greatest($burst_factor * (t.deliveries - t.events) / nullif(t.deliveries, 0), $burst_share)
                 THEN 'retry burst'
-            ELSE 'unexplained' END AS cause,
-       count(*) OVER () AS orphans_total
+            ELSE 'unexplained' END AS cause
 FROM windowed w CROSS JOIN totals t CROSS JOIN interval_q iq
 LEFT JOIN gap_hit h USING (chain_id)
-ORDER BY w.first_seen DESC, w.chain_id
+), by_cause AS (
+    SELECT list({{'t': t, 'cause': cause, 'orphans': n}}) AS cause_counts
+    FROM (SELECT time_bucket(CAST($bucket AS INTERVAL), first_seen) AS t, cause, count(*) AS n
+          FROM result GROUP BY ALL)
+)
+SELECT r.*, c.cause_counts FROM result r CROSS JOIN by_cause c
+ORDER BY r.first_seen DESC, r.chain_id
 LIMIT $limit
 """
 
@@ -163,7 +168,9 @@ ORDER BY g.t
 """
 
 
-def orphans_per_bucket(store: Store, start: datetime | None, end: datetime | None, bucket: str) -> pd.DataFrame:
+def orphans_per_bucket(
+    store: Store, start: datetime | None, end: datetime | None, bucket: str
+) -> pd.DataFrame:
     """Chains started per bucket: columns t, chains, orphan_chains, orphan_rate (NaN when no chain started)."""
     cur = store.cursor()
     cur.execute(_ORPHANS_PER_BUCKET, {"start": start, "end": end, "bucket": bucket})
@@ -182,8 +189,13 @@ def delivery_pauses(
     Columns: gap_start, gap_end (the deliveries either side), gap_s, usual_gap_s (mean spacing over the
     3 hours before), times_usual, flagged (a delivery gap: at least `gap_factor` times the usual spacing).
     """
-    params = {"start": start, "end": end, "gap_factor": float(gap_factor), "gap_min_s": float(gap_min_s),
-              "usual_window_s": float(USUAL_WINDOW_S)}
+    params = {
+        "start": start,
+        "end": end,
+        "gap_factor": float(gap_factor),
+        "gap_min_s": float(gap_min_s),
+        "usual_window_s": float(USUAL_WINDOW_S),
+    }
     cur = store.cursor()
     cur.execute(_PAUSES, params)
     return cur.df()
@@ -193,6 +205,7 @@ def orphan_report(
     store: Store,
     start: datetime | None,
     end: datetime | None,
+    bucket: str = "1 hour",
     lookback_s: float | None = None,
     limit: int = 1000,
     gap_factor: float = GAP_FACTOR,
@@ -200,8 +213,9 @@ def orphan_report(
 ) -> dict:
     """The orphan chains starting in the range with their likely cause, and the delivery pauses behind them.
 
-    Returns {"orphans", "orphans_total", "pauses", "gaps", "lookback_s"}. `orphans` (latest first, at most
-    `limit` rows; `orphans_total` counts them all) has chain_id, chain (short), first_seen, last_seen, events,
+    Returns {"orphans", "orphans_total", "causes", "per_bucket", "pauses", "gaps", "lookback_s"}. `orphans`
+    (latest first, at most `limit` rows; `orphans_total` counts them all, `causes` maps each of `CAUSES` to its
+    count, `per_bucket` is `orphans_per_bucket` with one more column per cause) has chain_id, chain (short), first_seen, last_seen, events,
     deliveries, refreshes, span_s, end_state, unknown_parent (short fingerprint), cause (see `CAUSES`),
     evidence (plain words), and the numbers behind them (after_data_start_s, later_refresh_share,
     gap_start, gap_s, usual_gap_s, window_deliveries, window_retries, window_retry_share,
@@ -215,9 +229,16 @@ def orphan_report(
     pauses = delivery_pauses(store, since, end, gap_factor, gap_min_s)
     gaps = pauses[pauses["flagged"]]
     params = {
-        "start": start, "end": end, "lookback_s": lookback, "ttl": float(ttl), "limit": int(limit),
+        "start": start,
+        "end": end,
+        "bucket": bucket,
+        "lookback_s": lookback,
+        "ttl": float(ttl),
+        "limit": int(limit),
         "pcts": [i / 100 for i in range(1, 100)],
-        "burst_min": BURST_MIN_RETRIES, "burst_factor": BURST_FACTOR, "burst_share": BURST_MIN_SHARE,
+        "burst_min": BURST_MIN_RETRIES,
+        "burst_factor": BURST_FACTOR,
+        "burst_share": BURST_MIN_SHARE,
         "gap_starts": [t.to_pydatetime() for t in gaps["gap_start"]],
         "gap_ends": [t.to_pydatetime() for t in gaps["gap_end"]],
         "gap_lengths": [float(x) for x in gaps["gap_s"]],
@@ -226,14 +247,22 @@ def orphan_report(
     cur = store.cursor()
     cur.execute(_ORPHAN_CHAINS, params)
     orphans = cur.df()
-    total = int(orphans["orphans_total"].iloc[0]) if len(orphans) else 0
-    orphans = orphans.drop(columns=["orphans_total"])
+    per_bucket = orphans_per_bucket(store, start, end, bucket).set_index("t")
+    for cause in CAUSES:
+        per_bucket[cause] = 0
+    if len(orphans):
+        for d in orphans["cause_counts"].iloc[0]:
+            per_bucket.loc[pd.Timestamp(d["t"]), d["cause"]] = int(d["orphans"])
+    counts = {c: int(per_bucket[c].sum()) for c in CAUSES}
+    orphans = orphans.drop(columns=["cause_counts"])
     orphans["evidence"] = [_evidence(r, lookback) for r in orphans.itertuples(index=False)]
     in_range = pauses if start is None else pauses[pauses["gap_end"] >= pd.Timestamp(start)]
     in_range = in_range.reset_index(drop=True)
     return {
         "orphans": orphans,
-        "orphans_total": total,
+        "orphans_total": sum(counts.values()),
+        "causes": counts,
+        "per_bucket": per_bucket.reset_index(),
         "pauses": in_range,
         "gaps": in_range[in_range["flagged"]].reset_index(drop=True),
         "lookback_s": lookback,
@@ -242,25 +271,35 @@ def orphan_report(
 
 def _evidence(r, lookback_s: float) -> str:
     """The plain-words reason behind a cause, from the numbers the query returned."""
+    into = f"starts {duration_text(r.after_data_start_s)} into the data"
     if r.cause == "start of data":
-        return (f"first event {duration_text(r.after_data_start_s)} after the data begins: "
-                "its parent was most likely sent before the export starts")
+        return f"{into}: its parent was sent before the export begins"
     if r.cause == "delivery gap":
-        return (f"no deliveries for {duration_text(r.gap_s)} from {pd.Timestamp(r.gap_start):%Y-%m-%d %H:%M:%S} "
-                f"(usually one every {duration_text(r.usual_gap_s)}): the receiver was down or unreachable "
-                "and Tyk's 3 attempts failed")
+        return (
+            f"no delivery for {duration_text(r.gap_s)} from {pd.Timestamp(r.gap_start):%Y-%m-%d %H:%M:%S} "
+            f"(usually one every {duration_text(r.usual_gap_s)}): the receiver was down and Tyk's 3 attempts "
+            "failed"
+        )
     if r.cause == "retry burst":
-        return (f"{int(r.window_retries)} retried deliveries ({r.window_retry_share:.0%} of "
-                f"{int(r.window_deliveries)}) in the {duration_text(lookback_s)} before, against "
-                f"{r.overall_retry_share:.1%} overall: the receiver was answering non-200")
-    where = f"{duration_text(r.after_data_start_s)} after the data begins"
-    if r.later_refresh_share is not None and not pd.isna(r.later_refresh_share) and r.later_refresh_share > 0.015:
-        return (f"no delivery gap or retry burst in the {duration_text(lookback_s)} before; {where}, and "
-                f"{r.later_refresh_share:.0%} of refreshes come that long after their parent: "
-                "the parent may predate the data, or was lost silently")
-    return (f"no delivery gap or retry burst in the {duration_text(lookback_s)} before; {where}, later than "
-            "99 % of refreshes follow their parent: the parent was most likely lost silently (a receiver "
-            "that answered 200 but did not log it, or a log line dropped on its way to storage)")
+        return (
+            f"{int(r.window_retries)} retried deliveries in the {duration_text(lookback_s)} before "
+            f"({r.window_retry_share:.0%} of deliveries, {r.overall_retry_share:.1%} overall): the receiver "
+            "was answering non-200"
+        )
+    if (
+        r.later_refresh_share is not None
+        and not pd.isna(r.later_refresh_share)
+        and r.later_refresh_share > 0.015
+    ):
+        return (
+            f"no gap or retry burst in the {duration_text(lookback_s)} before; {into}, and "
+            f"{r.later_refresh_share:.0%} of refreshes wait that long: the parent may predate the data"
+        )
+    return (
+        f"no gap or retry burst in the {duration_text(lookback_s)} before; {into}, later than 99 % of "
+        "refreshes wait: most likely lost silently (answered 200 but not logged, or dropped on its way to "
+        "the log store)"
+    )
 
 
 __all__ = ["CAUSES", "delivery_pauses", "orphan_report", "orphans_per_bucket"]

@@ -48,29 +48,27 @@ LEFT JOIN counts c ON c.t = g.t AND c.type = k.type
 ORDER BY g.t, k.type
 """
 
-_INTERVAL_HISTOGRAM = """
+# One pass over the refreshes in the range (the lineage x events join is the expensive part on a large
+# store) feeds three panels through grouping sets: per (time bucket, class), per (time bucket, histogram bin)
+# for the median over time, per (histogram bin, class), per class, and overall.
+_PROFILE = """
 WITH r AS (
-    SELECT l.interval_s, l.refresh_class
+    SELECT time_bucket(CAST($bucket AS INTERVAL), e.first_seen) AS t,
+           least(greatest(floor(l.interval_s / $width), 0), $nbins)::INTEGER AS bin,
+           l.refresh_class, l.interval_s
     FROM lineage l JOIN events e USING (event_id)
     WHERE l.interval_s IS NOT NULL
       AND (CAST($start AS TIMESTAMP) IS NULL OR e.first_seen >= $start)
       AND (CAST($end AS TIMESTAMP) IS NULL OR e.first_seen < $end)
 )
-SELECT least(greatest(floor(interval_s / $width), 0), $nbins)::INTEGER AS bin, refresh_class,
-       count(*) AS refreshes
-FROM r GROUP BY ALL ORDER BY bin, refresh_class
+SELECT grouping(t, bin, refresh_class) AS grp, t, bin, refresh_class, count(*) AS refreshes
+FROM r
+GROUP BY GROUPING SETS ((t, refresh_class), (t, bin), (bin, refresh_class), (refresh_class), ())
 """
 
-_CLASS_TOTALS = """
-SELECT count(*) AS refreshes,
-       count(*) FILTER (l.refresh_class = 'early') AS early,
-       count(*) FILTER (l.refresh_class = 'on_time') AS on_time,
-       count(*) FILTER (l.refresh_class = 'late') AS late,
-       median(l.interval_s) AS median_interval_s
-FROM lineage l JOIN events e USING (event_id)
-WHERE l.interval_s IS NOT NULL
-  AND (CAST($start AS TIMESTAMP) IS NULL OR e.first_seen >= $start)
-  AND (CAST($end AS TIMESTAMP) IS NULL OR e.first_seen < $end)
+_GRID_ONLY = f"""
+WITH {_GRID}
+SELECT t FROM grid ORDER BY t
 """
 
 # Session time of an identity = the sum of its chains' session lifetimes (span + access-token lifetime),
@@ -90,63 +88,83 @@ ORDER BY refreshes_per_hour DESC, refreshes DESC, identity
 LIMIT $limit
 """
 
-_LATE_PER_BUCKET = f"""
-WITH {_GRID}, counts AS (
-    SELECT time_bucket(CAST($bucket AS INTERVAL), e.first_seen) AS t,
-           count(*) AS refreshes,
-           count(*) FILTER (l.refresh_class = 'late') AS late,
-           count(*) FILTER (l.refresh_class = 'early') AS early
-    FROM lineage l JOIN events e USING (event_id)
-    WHERE l.interval_s IS NOT NULL AND e.first_seen IS NOT NULL
-      AND (CAST($start AS TIMESTAMP) IS NULL OR e.first_seen >= $start)
-      AND (CAST($end AS TIMESTAMP) IS NULL OR e.first_seen < $end)
-    GROUP BY ALL
-)
-SELECT g.t, coalesce(c.refreshes, 0) AS refreshes, coalesce(c.late, 0) AS late, coalesce(c.early, 0) AS early,
-       coalesce(c.late, 0) / nullif(c.refreshes, 0) AS late_share
-FROM grid g LEFT JOIN counts c USING (t)
-ORDER BY g.t
-"""
-
 
 def access_ttl_s(store: Store) -> int:
     """The access-token lifetime the lineage was built with (Tyk's `oauth_token_expire`)."""
     return int(store.get_meta("access_ttl_s", str(DEFAULT_ACCESS_TTL_S)) or DEFAULT_ACCESS_TTL_S)
 
 
-def events_per_bucket(store: Store, start: datetime | None, end: datetime | None, bucket: str) -> pd.DataFrame:
+def events_per_bucket(
+    store: Store, start: datetime | None, end: datetime | None, bucket: str
+) -> pd.DataFrame:
     """Events per time bucket and notification type: columns t, type ('new' | 'refresh'), events."""
     cur = store.cursor()
     cur.execute(_EVENTS_PER_BUCKET, {"start": start, "end": end, "bucket": bucket})
     return cur.df()
 
 
-def interval_histogram(store: Store, start: datetime | None, end: datetime | None) -> pd.DataFrame:
-    """Refresh intervals (parent to child) binned against the access-token lifetime.
+def refresh_profile(store: Store, start: datetime | None, end: datetime | None, bucket: str) -> dict:
+    """Refreshes with a known parent in the range: interval histogram, class totals, late ones over time.
 
-    Columns: bin, lo_s, hi_s (the bin's edges in seconds; the last bin is open: hi_s = inf), refresh_class,
-    refreshes. Bins are ttl/12 wide, so the early/on-time/late boundaries (ttl/2, ttl) are bin edges; an
-    interval below zero (a child logged a few ms before its parent) counts in the first bin.
+    Returns {"histogram", "totals", "over_time"}:
+
+    * histogram: bin, lo_s, hi_s (the last bin is open: hi_s = inf), refresh_class, refreshes. Bins are
+      ttl/12 wide, so the early / on-time / late boundaries (ttl/2, ttl) are bin edges; an interval below
+      zero (a child logged a few ms before its parent) counts in the first bin.
+    * totals: refreshes, early, on_time, late, ttl_s, median_interval_s (read off the histogram, so within
+      half a bin: 2.5 min for a one-hour token; inf when it lies in the overflow bin, None without refreshes).
+    * over_time: t (zero-filled buckets), refreshes, early, on_time, late, late_share (NaN without refreshes),
+      median_interval_s (per bucket, read off that bucket's histogram).
     """
     ttl = access_ttl_s(store)
     width = ttl / HIST_BINS_PER_TTL
     nbins = HIST_BINS_PER_TTL * HIST_TTLS
+    params = {"start": start, "end": end, "bucket": bucket}
     cur = store.cursor()
-    cur.execute(_INTERVAL_HISTOGRAM, {"start": start, "end": end, "width": width, "nbins": nbins})
+    cur.execute(_PROFILE, {**params, "width": width, "nbins": nbins})
     df = cur.df()
-    df["lo_s"] = df["bin"] * width
-    df["hi_s"] = [float("inf") if b >= nbins else (b + 1) * width for b in df["bin"]]
-    return df[["bin", "lo_s", "hi_s", "refresh_class", "refreshes"]]
+    # grouping() bits, highest first: t, bin, refresh_class (a set bit = rolled up)
+    by_time = df[df["grp"] == 0b010]
+    by_time_bin = df[df["grp"] == 0b001]
+    by_bin = df[df["grp"] == 0b100]
+    by_class = df[df["grp"] == 0b110].set_index("refresh_class")["refreshes"]
+    overall = df[df["grp"] == 0b111]
+
+    hist = (
+        by_bin[["bin", "refresh_class", "refreshes"]]
+        .astype({"bin": "int64"})
+        .sort_values(["bin", "refresh_class"])
+    )
+    hist.insert(1, "lo_s", hist["bin"] * width)
+    hist.insert(2, "hi_s", [float("inf") if b >= nbins else (b + 1) * width for b in hist["bin"]])
+
+    totals = {k: int(by_class.get(k, 0)) for k in REFRESH_CLASSES}
+    totals["refreshes"] = int(overall["refreshes"].iloc[0]) if len(overall) else 0
+    totals["median_interval_s"] = _histogram_median(hist, width, nbins)
+    totals["ttl_s"] = ttl
+
+    cur.execute(_GRID_ONLY, params)
+    grid = cur.df()
+    wide = by_time.pivot_table(index="t", columns="refresh_class", values="refreshes", aggfunc="first")
+    over = grid.set_index("t").join(wide).reindex(columns=list(REFRESH_CLASSES)).fillna(0).astype("int64")
+    over["refreshes"] = over[list(REFRESH_CLASSES)].sum(axis=1)
+    over["late_share"] = over["late"] / over["refreshes"].where(over["refreshes"] > 0)
+    medians = {t: _histogram_median(part, width, nbins) for t, part in by_time_bin.groupby("t")}
+    over["median_interval_s"] = [medians.get(t) for t in over.index]
+    return {"histogram": hist.reset_index(drop=True), "totals": totals, "over_time": over.reset_index()}
 
 
-def refresh_class_totals(store: Store, start: datetime | None, end: datetime | None) -> dict:
-    """Refreshes with a known parent in the range, by class, and their median interval."""
-    cur = store.cursor()
-    cur.execute(_CLASS_TOTALS, {"start": start, "end": end})
-    cols = [d[0] for d in cur.description]
-    row = dict(zip(cols, cur.fetchall()[0], strict=True))
-    row["ttl_s"] = access_ttl_s(store)
-    return row
+def _histogram_median(hist: pd.DataFrame, width: float, nbins: int) -> float | None:
+    counts = hist.groupby("bin")["refreshes"].sum().sort_index()
+    total = int(counts.sum())
+    if not total:
+        return None
+    half, seen = total / 2, 0
+    for b, n in counts.items():
+        if seen + n >= half:
+            return float("inf") if b >= nbins else float(b * width + width * (half - seen) / n)
+        seen += n
+    return None
 
 
 def top_identities_by_refresh_rate(
@@ -155,13 +173,4 @@ def top_identities_by_refresh_rate(
     """Identities by refreshes per hour of session time (chains starting in the range)."""
     cur = store.cursor()
     cur.execute(_TOP_IDENTITIES, {"start": start, "end": end, "limit": limit})
-    return cur.df()
-
-
-def late_refreshes_per_bucket(
-    store: Store, start: datetime | None, end: datetime | None, bucket: str
-) -> pd.DataFrame:
-    """Refreshes with a known parent per bucket: columns t, refreshes, late, early, late_share (NaN if none)."""
-    cur = store.cursor()
-    cur.execute(_LATE_PER_BUCKET, {"start": start, "end": end, "bucket": bucket})
     return cur.df()
