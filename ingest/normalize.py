@@ -1,7 +1,7 @@
 """Turn located records into validated, fingerprinted rows, in SQL, one batch at a time.
 
 Both tiers of `ingest.locate` end here, so validation, time parsing, fingerprints and masking exist once.
-Input relation columns: record_no, raw, err, v (JSON[] of the five Tyk fields), time_raw, identity_raw,
+Input relation columns: record_no, raw (used only for rejected rows), err, v (JSON[] of the five Tyk fields), time_raw, identity_raw,
 reason (a locate failure). Output: the `stage` rows of `ingest.pipeline`.
 
 Raw text only ever lives in the Arrow batch and in expressions: what is written (to the stage table and from
@@ -79,7 +79,7 @@ def _field_check(i: int, name: str) -> str:
 # $key: the fingerprint key; $source_id: which source of this run. The relation is spliced in as {rel}.
 NORMALIZE = f"""
 WITH x AS (
-    SELECT record_no, raw, err, reason, time_raw, identity_raw,
+    SELECT record_no, err, reason, time_raw, identity_raw,
            CASE WHEN reason IS NULL AND err IS NULL THEN v END AS v
     FROM {{rel}}
 ), f AS (
@@ -105,9 +105,7 @@ WITH x AS (
     FROM f
 ), d AS MATERIALIZED (
     SELECT $source_id AS source_id, record_no, why AS reason,
-           CASE WHEN why IS NOT NULL THEN left(tt_mask(raw), {EXCERPT_CHARS}) END AS excerpt,
-           CASE WHEN why IS NOT NULL THEN tt_fp($key, record_no::VARCHAR || '|' || raw) END
-               AS quarantine_id,
+           NULL::VARCHAR AS excerpt, NULL::VARCHAR AS quarantine_id,  -- filled by EXCERPTS for rejected rows
            CASE WHEN why IS NULL THEN ntype END AS notification_type,
            CASE WHEN why IS NULL THEN tt_fp($key, auth_code) END AS auth_code_fp,
            CASE WHEN why IS NULL THEN tt_fp($key, access_token) END AS access_token_fp,
@@ -130,12 +128,26 @@ SELECT * EXCLUDE (bad_time),
 FROM e
 """
 
+# Rejected rows get their masked excerpt and quarantine id in a second, small statement, so that the raw
+# text never sits in the materialised intermediate results above (which DuckDB may spill to disk).
+EXCERPTS = f"""
+UPDATE stage SET excerpt = left(tt_mask(b.raw), {EXCERPT_CHARS}),
+                 quarantine_id = tt_fp($key, b.record_no::VARCHAR || '|' || b.raw)
+FROM (SELECT record_no, raw FROM {{rel}} WHERE record_no IN (
+          SELECT record_no FROM stage WHERE source_id = $source_id AND reason IS NOT NULL AND excerpt IS NULL)) b
+WHERE stage.source_id = $source_id AND stage.record_no = b.record_no
+"""
+
 STAGE_COLUMNS = (
     "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id VARCHAR, "
     "notification_type VARCHAR, auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, "
     "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, delivery_id VARCHAR, "
     "bad_time BOOLEAN"
 )
+
+
+def excerpts_sql(relation: str) -> str:
+    return EXCERPTS.format(rel=relation)
 
 
 def normalize_sql(relation: str) -> str:

@@ -31,7 +31,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from ingest import lineage
 from ingest.formats import ReadError, open_sources
 from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
-from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
+from ingest.normalize import STAGE_COLUMNS, excerpts_sql, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
 # (name shown to the user, binary file object) for uploads; a path for files on disk.
@@ -178,6 +178,7 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         try:
             if layout is not None:
                 cur.execute(f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params)
+                cur.execute(excerpts_sql("tt_batch"), params)
                 lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
                 rest = cur.execute(
                     "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
@@ -192,6 +193,7 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
             cur.register("tt_slow", _locate_slow(rest))
             try:
                 cur.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
+                cur.execute(excerpts_sql("tt_slow"), params)
             finally:
                 cur.unregister("tt_slow")
         report.records += len(table)

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS chains (
 """
 
 DEFAULT_ACCESS_TTL_S = 3600
+DEFAULT_MEMORY_LIMIT = "1GB"
 DEFAULT_REFRESH_TTL_S = 14 * 24 * 3600
 
 
@@ -99,9 +100,13 @@ class Store:
         if not in_memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         existed = in_memory or Path(path).exists()
-        config = {"threads": os.cpu_count() or 2}
-        if memory_limit:
-            config["memory_limit"] = memory_limit
+        # A bounded buffer pool: large ingests spill (fingerprints only) to <db>.tmp instead of growing the
+        # process; insertion order is never relied on, and not keeping it lets DuckDB stream large inserts.
+        config = {
+            "threads": os.cpu_count() or 2,
+            "memory_limit": memory_limit or os.environ.get("TOKENTRAIL_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+            "preserve_insertion_order": False,
+        }
         try:
             con = duckdb.connect(path, read_only=read_only, config=config)
         except duckdb.IOException as e:
