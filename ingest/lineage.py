@@ -24,7 +24,7 @@ from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 _NUMBER_EVENTS = """
 CREATE OR REPLACE TEMP TABLE tt_ev AS
 SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type,
-       refresh_token_fp, old_refresh_token_fp, first_seen
+       refresh_token_fp, old_refresh_token_fp, auth_code_fp, first_seen, deliveries, identity
 FROM events
 """
 
@@ -59,51 +59,58 @@ CREATE OR REPLACE TEMP TABLE tt_pend AS
 SELECT p.n, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
 """
 
-_LINEAGE = """
-CREATE OR REPLACE TABLE lineage AS
+# Everything per event, on integer keys; `lineage` and `chains` are both derived from it without joining
+# on fingerprints again.
+_MEMBERS = """
+CREATE OR REPLACE TEMP TABLE tt_member AS
 WITH forks AS (
-    SELECT old_refresh_token_fp FROM events WHERE notification_type = 'refresh'
+    SELECT old_refresh_token_fp FROM tt_ev WHERE notification_type = 'refresh'
     GROUP BY old_refresh_token_fp HAVING count(*) >= 2
 )
-SELECT e.event_id, p.event_id AS parent_id, r.event_id AS chain_id, j.depth::INTEGER AS depth,
+SELECT e.n, j.root, l.parent, j.depth::INTEGER AS depth, e.notification_type, e.first_seen, e.deliveries,
+       e.refresh_token_fp, e.old_refresh_token_fp, e.event_id,
        date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
-       CASE WHEN p.event_id IS NULL OR p.first_seen IS NULL OR e.first_seen IS NULL THEN NULL
-            WHEN date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 > $ttl THEN 'late'
-            WHEN date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 < $ttl / 2 THEN 'early'
-            ELSE 'on_time' END AS refresh_class,
        e.notification_type = 'refresh' AND e.old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM forks)
            AS forked
 FROM tt_ev e
 JOIN tt_res j ON j.n = e.n
 JOIN tt_link l ON l.n = e.n
 LEFT JOIN tt_ev p ON p.n = l.parent
-JOIN tt_ev r ON r.n = j.root
+"""
+
+_LINEAGE = """
+CREATE OR REPLACE TABLE lineage AS
+SELECT m.event_id, p.event_id AS parent_id, r.event_id AS chain_id, m.depth, m.interval_s,
+       CASE WHEN m.interval_s IS NULL THEN NULL
+            WHEN m.interval_s > $ttl THEN 'late'
+            WHEN m.interval_s < $ttl / 2 THEN 'early'
+            ELSE 'on_time' END AS refresh_class,
+       m.forked
+FROM tt_member m
+LEFT JOIN tt_ev p ON p.n = m.parent
+JOIN tt_ev r ON r.n = m.root
 """
 
 _CHAINS = """
 CREATE OR REPLACE TABLE chains AS
-WITH member AS (
-    SELECT l.chain_id, l.refresh_class, l.forked, e.notification_type, e.first_seen, e.deliveries,
-           e.refresh_token_fp, e.old_refresh_token_fp, e.event_id
-    FROM lineage l JOIN events e USING (event_id)
-), agg AS (
-    SELECT chain_id, count(*)::INTEGER AS events, sum(deliveries)::INTEGER AS deliveries,
+WITH agg AS (
+    SELECT root, count(*)::INTEGER AS events, sum(deliveries)::INTEGER AS deliveries,
            count(*) FILTER (notification_type = 'refresh')::INTEGER AS refreshes,
            count(DISTINCT old_refresh_token_fp) FILTER (forked)::INTEGER AS forks,
-           count(*) FILTER (refresh_class = 'late')::INTEGER AS late_refreshes,
-           count(*) FILTER (refresh_class = 'early')::INTEGER AS early_refreshes,
+           count(*) FILTER (interval_s > $ttl)::INTEGER AS late_refreshes,
+           count(*) FILTER (interval_s < $ttl / 2)::INTEGER AS early_refreshes,
            count(*) FILTER (first_seen IS NULL)::INTEGER AS untimed_events,
            min(first_seen) AS first_seen, max(first_seen) AS last_seen,
            arg_max(refresh_token_fp, (first_seen, event_id)) AS last_refresh_fp
-    FROM member GROUP BY chain_id
+    FROM tt_member GROUP BY root
 ), base AS (
-    SELECT a.*, r.notification_type AS root_type,
+    SELECT a.*, r.event_id AS chain_id, r.notification_type AS root_type,
            r.notification_type = 'refresh' AS orphan,
            CASE WHEN r.notification_type = 'refresh' THEN r.old_refresh_token_fp END AS unknown_parent_fp,
            CASE WHEN r.notification_type = 'new' THEN coalesce(r.identity, m.identity) END AS identity,
            r.event_id IN (SELECT event_id FROM tt_cycle_roots) AS cycle_broken,
            date_diff('microsecond', a.first_seen, a.last_seen) / 1e6 AS span_s
-    FROM agg a JOIN events r ON r.event_id = a.chain_id
+    FROM agg a JOIN tt_ev r ON r.n = a.root
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
 ), relogin AS (
@@ -116,11 +123,11 @@ SELECT b.chain_id, b.orphan OR b.cycle_broken AS orphan, b.root_type, b.identity
        b.events, b.deliveries, b.refreshes, b.forks, b.late_refreshes, b.early_refreshes, b.untimed_events,
        b.span_s, b.span_s + $ttl AS lifetime_s,
        CASE WHEN b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
-                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM events
+                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM tt_ev
                                                WHERE old_refresh_token_fp IS NOT NULL)
                 THEN 'forced_relogin'
             WHEN b.last_seen IS NULL THEN 'untimed'
-            WHEN b.last_seen + to_seconds($ttl) >= (SELECT max(first_seen) FROM events) THEN 'active'
+            WHEN b.last_seen + to_seconds($ttl) >= (SELECT max(first_seen) FROM tt_ev) THEN 'active'
             ELSE 'ended' END AS end_state,
        b.unknown_parent_fp, b.cycle_broken
 FROM base b LEFT JOIN relogin r USING (chain_id)
@@ -134,12 +141,15 @@ def rebuild(cur, *, access_ttl_s: int = 3600, refresh_ttl_s: int = DEFAULT_REFRE
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
     rounds = _resolve(cur)
     params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s)}
+    cur.execute(_MEMBERS)
+    for t in ("tt_link", "tt_res", "tt_pend"):  # free memory for the two big tables below
+        cur.execute(f"DROP TABLE IF EXISTS {t}")
     cur.execute(_LINEAGE, {"ttl": float(access_ttl_s)})
     cur.execute(_CHAINS, params)
     as_of = cur.execute("SELECT max(first_seen) FROM events").fetchall()[0][0]
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_cycle_roots"):
+    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles}
 

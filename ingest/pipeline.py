@@ -159,7 +159,6 @@ def ingest(
                     "INSERT INTO ingest_files VALUES (?, now()::TIMESTAMP, ?, NULL, 0, 0, 0, 0, 0, ?)",
                     [run_id, r.path, r.error],
                 )
-        cur.execute("DROP TABLE stage")
     return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
 
 
@@ -321,30 +320,27 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         FROM stage WHERE reason IS NULL GROUP BY delivery_id HAVING count(*) > 1
         """
     )
+    valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
+    # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
+    # holds already and repeats of a delivery after its first occurrence.
     cur.execute(
         """
-        CREATE OR REPLACE TEMP TABLE tt_new AS
-        SELECT s.* FROM stage s LEFT JOIN tt_dup d USING (delivery_id)
+        DELETE FROM stage s
         WHERE s.reason IS NULL
-          AND (d.pos IS NULL OR d.pos = s.source_id::BIGINT * 1099511627776 + s.record_no)
-          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
+          AND (EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
+               OR EXISTS (SELECT 1 FROM tt_dup d WHERE d.delivery_id = s.delivery_id
+                          AND d.pos <> s.source_id::BIGINT * 1099511627776 + s.record_no))
         """
     )
-    counts = dict(
-        ((sid, kind), n)
-        for sid, kind, n in cur.execute(
-            "SELECT source_id, 'valid', count(*) FROM stage WHERE reason IS NULL GROUP BY ALL "
-            "UNION ALL SELECT source_id, 'new', count(*) FROM tt_new GROUP BY ALL"
-        ).fetchall()
-    )
+    new = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     for sid, _name, report in sources:
-        report.new_deliveries = counts.get((sid, "new"), 0)
-        report.duplicate_deliveries = counts.get((sid, "valid"), 0) - report.new_deliveries
+        report.new_deliveries = new.get(sid, 0)
+        report.duplicate_deliveries = valid.get(sid, 0) - report.new_deliveries
     cur.execute(
         """
         INSERT INTO deliveries
         SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no
-        FROM tt_new n JOIN tt_sources s USING (source_id)
+        FROM stage n JOIN tt_sources s USING (source_id) WHERE n.reason IS NULL
         """,
         {"run_id": run_id},
     )
@@ -357,7 +353,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
                any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
                min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
                arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
-        FROM tt_new GROUP BY event_id
+        FROM stage WHERE reason IS NULL GROUP BY event_id
         """
     )
     cur.execute(
@@ -391,7 +387,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         """,
         {"run_id": run_id},
     )
-    for t in ("tt_dup", "tt_new", "tt_known", "tt_events", "tt_sources"):
+    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
