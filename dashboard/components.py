@@ -17,9 +17,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from dashboard.context import View, current_view
 from dashboard.theme import CSS, LEVEL_NAMED_COLORS
@@ -303,3 +305,26 @@ def load_demo_button(*, key: str) -> None:
         ingest(get_store(), logs, identities=ids)
     invalidate()
     st.rerun()
+
+
+# -- links into the identity drill-down (used by every page that lists identities) ---------------------------
+
+_VIEW_PARAMS = ("range", "from", "to", "refresh")  # the view's URL parameters a drill-down link carries along
+
+
+def identity_link(identity: str) -> str:
+    """A relative URL that opens the drill-down on `identity`, keeping the current range and refresh."""
+    keep = {k: v for k, v in st.query_params.to_dict().items() if k in _VIEW_PARAMS}
+    return f"./{PAGES['identity'].url_path}?" + urlencode({"identity": identity, **keep})
+
+
+def open_identity(identity: str) -> None:
+    """Switch to the drill-down on `identity`, through session state (the bound widget's value) and the URL.
+
+    `st.switch_page` refuses query params that are bound to a widget (the range picker is), so only the
+    identity travels in the URL; the range stays in the session."""
+    st.session_state["identity"] = identity
+    try:
+        st.switch_page(PAGES["identity"].path, query_params={"identity": identity})
+    except StreamlitAPIException:  # "identity" still bound from an earlier visit: session state carries it
+        st.switch_page(PAGES["identity"].path)

@@ -8,21 +8,20 @@ sortable, where a click on a row (or its link) opens the Identity drill-down for
 from __future__ import annotations
 
 import math
-from urllib.parse import urlencode
 
 import plotly.graph_objects as go
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from dashboard.components import (
-    PAGES,
     auto_refresh,
     csv_download,
     empty_state,
     fmt_duration,
     fmt_int,
     fmt_pct,
+    identity_link,
     no_data_in_range,
+    open_identity,
     page_header,
     panel,
     plot,
@@ -43,7 +42,6 @@ END_STATE_LABELS = {
     "untimed": "untimed",
 }
 TABLE_ROWS = 2000
-_KEEP = ("range", "from", "to", "refresh")  # the view's URL parameters a drill-down link carries along
 
 
 def render(view: View) -> None:
@@ -222,25 +220,6 @@ def _survival_panel(curve, totals: dict, ttl: float) -> None:
         )
 
 
-def _link(identity: str) -> str:
-    keep = {k: v for k, v in st.query_params.to_dict().items() if k in _KEEP}
-    return f"./{PAGES['identity'].url_path}?" + urlencode({"identity": identity, **keep})
-
-
-def _open_identity(identity: str) -> None:
-    """Open the drill-down on `identity`: through session state (the bound widget's value) and the URL.
-
-    `st.switch_page` refuses query params that are bound to a widget (the range picker is), so only the
-    identity travels in the URL; the range stays in the session."""
-    st.session_state["identity"] = identity
-    try:
-        st.switch_page(PAGES["identity"].path, query_params={"identity": identity})
-    except (
-        StreamlitAPIException
-    ):  # "identity" still bound from an earlier visit: the session state carries it
-        st.switch_page(PAGES["identity"].path)
-
-
 def _identity_panel(per_identity) -> None:
     total = int(per_identity["identities_total"].iloc[0]) if len(per_identity) else 0
     title = "Sessions per identity" + (
@@ -258,7 +237,7 @@ def _identity_panel(per_identity) -> None:
         shown = per_identity.drop(columns=["identities_total"]).assign(
             median_lifetime_h=per_identity["median_lifetime_s"] / 3600,
             max_lifetime_h=per_identity["max_lifetime_s"] / 3600,
-            drill_down=[_link(i) for i in per_identity["identity"]],
+            drill_down=[identity_link(i) for i in per_identity["identity"]],
         )[
             [
                 "identity",
@@ -296,7 +275,7 @@ def _identity_panel(per_identity) -> None:
         )
         rows = event.selection.rows if event else []
         if rows:
-            _open_identity(str(shown.iloc[rows[0]]["identity"]))
+            open_identity(str(shown.iloc[rows[0]]["identity"]))
         csv_download(shown.drop(columns=["drill_down"]), "sessions-per-identity.csv", key="lt-identities-csv")
         st.caption(
             "Sorted by forced re-logins; click a column header to sort by another. Select a row (the box on "

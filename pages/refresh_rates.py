@@ -8,21 +8,19 @@ Clicking a bar or a row of the top-identities panel opens that identity's drill-
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import plotly.graph_objects as go
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from dashboard.components import (
-    PAGES,
     auto_refresh,
     csv_download,
     empty_state,
     fmt_duration,
     fmt_int,
     fmt_pct,
+    identity_link,
     no_data_in_range,
+    open_identity,
     page_header,
     panel,
     plot,
@@ -37,7 +35,6 @@ LATE_SHARE = (0.05, 0.15)  # share of refreshes after expiry: amber from 5 %, re
 EARLY_SHARE = (0.15, 0.35)  # refreshing well before expiry wastes token requests; a client bug when common
 CLASS_LABELS = {"early": "early (< ttl/2)", "on_time": "on time", "late": "late (> ttl)"}
 TOP_N = 20
-_KEEP = ("range", "from", "to", "refresh")  # the view's URL parameters a drill-down link carries along
 
 
 def render(view: View) -> None:
@@ -228,25 +225,6 @@ def _late_panel(over, totals: dict, view: View) -> None:
         )
 
 
-def _drill_link(identity: str) -> str:
-    keep = {k: v for k, v in st.query_params.to_dict().items() if k in _KEEP}
-    return f"./{PAGES['identity'].url_path}?" + urlencode({"identity": identity, **keep})
-
-
-def _open_identity(identity: str) -> None:
-    """Open the drill-down on `identity`: through session state (the bound widget's value) and the URL.
-
-    `st.switch_page` refuses query params that are bound to a widget (the range picker is), so only the
-    identity travels in the URL; the range stays in the session."""
-    st.session_state["identity"] = identity
-    try:
-        st.switch_page(PAGES["identity"].path, query_params={"identity": identity})
-    except (
-        StreamlitAPIException
-    ):  # "identity" still bound from an earlier visit: the session state carries it
-        st.switch_page(PAGES["identity"].path)
-
-
 def _top_identities_panel(top) -> None:
     with panel(
         f"Top {TOP_N} identities by refresh rate",
@@ -288,9 +266,9 @@ def _top_identities_panel(top) -> None:
             )
             picked = [p.get("y") for p in (event.selection.points if event else []) if p.get("y")]
             if picked:
-                _open_identity(picked[0])
+                open_identity(picked[0])
         with right:
-            shown = top.assign(drill_down=[_drill_link(i) for i in top["identity"]])
+            shown = top.assign(drill_down=[identity_link(i) for i in top["identity"]])
             table_event = st.dataframe(
                 shown,
                 hide_index=True,
@@ -312,7 +290,7 @@ def _top_identities_panel(top) -> None:
             )
             rows = table_event.selection.rows if table_event else []
             if rows:
-                _open_identity(str(top.iloc[rows[0]]["identity"]))
+                open_identity(str(top.iloc[rows[0]]["identity"]))
             csv_download(top, "top-identities-by-refresh-rate.csv", key="rr-top-csv")
         st.caption(
             "Refreshes per hour of session time (each session counts its span plus one access-token "
