@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench demo clean
+.PHONY: run test lint bench demo screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 	bash scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+screenshot: $(STAMP)  # refresh docs/overview.png (the README's picture) from the browser test
+	bash scripts/ensure-chromium
+	TOKENTRAIL_README_SHOT=1 $(BIN)/python -m pytest tests/test_browser.py -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
