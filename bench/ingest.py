@@ -165,7 +165,8 @@ def measure(cmd: list[str], log_stem: Path, timeout_s: float) -> dict:
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, start_new_session=True)
-        tree_peak = 0
+        tree_peak, peak_at = 0, 0.0
+        timeline: list[tuple[float, int]] = []  # (seconds, MB) every ~0.5 s: where the peak falls
         timed_out = False
         ps = None
         while True:
@@ -176,7 +177,11 @@ def measure(cmd: list[str], log_stem: Path, timeout_s: float) -> dict:
             try:
                 ps = ps or psutil.Process(proc.pid)
                 rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-                tree_peak = max(tree_peak, rss)
+                now = time.perf_counter() - t0
+                if rss > tree_peak:
+                    tree_peak, peak_at = rss, now
+                if not timeline or now - timeline[-1][0] >= 0.5:
+                    timeline.append((round(now, 2), rss // 2**20))
             except psutil.Error:
                 pass
             if time.perf_counter() - t0 > timeout_s and not timed_out:
@@ -199,6 +204,8 @@ def measure(cmd: list[str], log_stem: Path, timeout_s: float) -> dict:
         "peak_rss_mb": peak_mb,
         "maxrss_mb": usage.ru_maxrss / 1024,
         "tree_sampled_mb": tree_peak / 2**20,
+        "peak_at_s": peak_at,
+        "rss_timeline_mb": timeline,
         "cpu_s": cpu_s,
         "others_cpu_s": others,
         "others_busy_pct": 100 * others / (elapsed * ncpu) if elapsed else 0.0,
@@ -386,6 +393,11 @@ def bench_size(n: int, args: argparse.Namespace, exe: str | None, why_no_exe: st
         rest = tt["seconds"] - sum(tt["phases"].values())
         phases += f", outside the phases {rest:.2f} s"
         print(f"  tokentrail phases: {phases}", flush=True)
+        where = _phase_at(tt)
+        print(
+            f"  tokentrail peak RSS {tt['tree_sampled_mb']:,.0f} MB at {tt['peak_at_s']:.1f} s{where}",
+            flush=True,
+        )
     if tt.get("check"):
         print("  check vs generator truth: " + ", ".join(tt["check"]), flush=True)
     if tt.get("stderr_tail"):
@@ -405,6 +417,20 @@ def bench_size(n: int, args: argparse.Namespace, exe: str | None, why_no_exe: st
         "truth": truth,
         "cases": results,
     }
+
+
+def _phase_at(tt: dict) -> str:
+    """Which engine phase the sampled RSS peak fell in, assuming the phases start after the interpreter
+    and imports and run back to back (the report's own total covers phases + COMMIT)."""
+    if not tt.get("engine_s") or not tt.get("phases"):
+        return ""
+    # start-up ~ wall - engine - exit; exit (closing the file) is short, so this is an upper bound
+    t = tt["seconds"] - tt["engine_s"]
+    for name, secs in tt["phases"].items():
+        if tt["peak_at_s"] <= t + secs:
+            return f" (during {name}, approximately)"
+        t += secs
+    return " (after the phases: COMMIT or exit, approximately)"
 
 
 def _figure_s(case: str, res: dict) -> float:
@@ -612,6 +638,28 @@ def environment() -> dict:
     return env
 
 
+def exclusive_run():
+    """Hold bench/out/.ingest-bench.lock for the whole run. Two runs at once share the database and log
+    names under bench/out/ and, worse, slow each other down: a second run waits for the first."""
+    import fcntl
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    lock = open(OUT / ".ingest-bench.lock", "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        print(
+            f"waiting: another bench/ingest.py run ({holder}) holds bench/out/.ingest-bench.lock", flush=True
+        )
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}, started {time.strftime('%H:%M:%S')}\n")
+    lock.flush()
+    return lock
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description="Time `tokentrail ingest` against DuckDB's read_json floor and a naive pandas loader.",
@@ -639,6 +687,7 @@ def main() -> int:
         sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--sizes takes comma-separated integers, e.g. 100000,1000000 (got {args.sizes!r})")
+    _lock = exclusive_run()  # held (and released) with the process
     exe, why = find_tokentrail()
     if not exe and {"tokentrail", "lineage", "networkx"} & set(args.cases):
         print(f"note: (c), lineage and networkx are skipped: {why}", flush=True)
