@@ -221,7 +221,8 @@ def _answer_panel(who: str, chains: pd.DataFrame, findings: pd.DataFrame) -> Non
         serious = findings[findings["kind"].isin(("forced_relogin", "fork", "orphan_guess", "late_refresh"))]
         if serious.empty:
             st.markdown(
-                f"Nothing in the data says a session of **{who}** dropped in this range: no forced "
+                # "&#64;": an email in markdown would turn into a mailto link
+                f"Nothing in the data says a session of **{who.replace('@', '&#64;')}** dropped in this range: no forced "
                 "re-login, no fork, no late refresh, and no orphan chain right after a session ended."
             )
         for kind in KIND_ORDER[:4]:
@@ -540,6 +541,8 @@ def _event_table(tree: pd.DataFrame, chain: str) -> None:
                 "forked",
             ]
         ]
+        text_cols = ["access_fp", "refresh_fp", "old_refresh_fp", "refresh_class"]
+        shown = shown.assign(**{c: shown[c].fillna("–") for c in text_cols})
         st.dataframe(
             shown,
             hide_index=True,
