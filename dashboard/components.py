@@ -328,3 +328,16 @@ def open_identity(identity: str) -> None:
         st.switch_page(PAGES["identity"].path, query_params={"identity": identity})
     except StreamlitAPIException:  # "identity" still bound from an earlier visit: session state carries it
         st.switch_page(PAGES["identity"].path)
+
+
+def require_data(purpose: str) -> bool:
+    """False (after showing what to do) when the store holds no deliveries at all."""
+    from dashboard.context import data_bounds
+
+    if data_bounds()[1] is not None:
+        return True
+    empty_state(
+        "No data yet",
+        f"Upload Tyk notification log exports to see {purpose}, or load the demo data from the Overview.",
+    )
+    return False

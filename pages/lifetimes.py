@@ -15,7 +15,6 @@ import streamlit as st
 from dashboard.components import (
     auto_refresh,
     csv_download,
-    empty_state,
     fmt_duration,
     fmt_int,
     fmt_pct,
@@ -25,10 +24,11 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    require_data,
     stat_tile,
     threshold_level,
 )
-from dashboard.context import View, data_bounds, query
+from dashboard.context import View, query
 from dashboard.theme import COLORS, END_STATE_COLORS, MUTED, TEXT, style
 from queries.lifetimes import KINDS, identity_lifetimes, lifetime_histogram, lifetime_totals, survival_curve
 from queries.refresh import access_ttl_s
@@ -46,12 +46,7 @@ TABLE_ROWS = 2000
 
 def render(view: View) -> None:
     page_header("Session lifetimes", view, subtitle="How long sessions live, and who keeps losing theirs")
-    if data_bounds()[1] is None:
-        empty_state(
-            "No data yet",
-            "Upload Tyk notification log exports to see session lifetimes, or load the "
-            "demo data from the Overview.",
-        )
+    if not require_data("session lifetimes"):
         return
     kind = st.segmented_control(
         "Sessions",

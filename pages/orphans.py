@@ -14,7 +14,6 @@ import streamlit as st
 from dashboard.components import (
     auto_refresh,
     csv_download,
-    empty_state,
     fmt_duration,
     fmt_int,
     fmt_pct,
@@ -22,6 +21,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    require_data,
     stat_tile,
     threshold_level,
 )
@@ -44,12 +44,7 @@ TABLE_ROWS = 1000
 
 def render(view: View) -> None:
     page_header("Orphaned tokens", view, subtitle="Sessions the receiver lost track of, and why")
-    if data_bounds()[1] is None:
-        empty_state(
-            "No data yet",
-            "Upload Tyk notification log exports to see which sessions lost their parent "
-            "notification, or load the demo data from the Overview.",
-        )
+    if not require_data("which sessions lost their parent notification"):
         return
     per_bucket = query(orphans_per_bucket, view.start, view.end, view.bucket)
     if per_bucket.empty or not per_bucket["chains"].sum():

@@ -14,7 +14,6 @@ import streamlit as st
 from dashboard.components import (
     auto_refresh,
     csv_download,
-    empty_state,
     fmt_duration,
     fmt_int,
     fmt_pct,
@@ -24,10 +23,11 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    require_data,
     stat_tile,
     threshold_level,
 )
-from dashboard.context import View, data_bounds, query
+from dashboard.context import View, query
 from dashboard.theme import COLORS, GRID, MUTED, TEXT, style
 from queries.refresh import events_per_bucket, refresh_profile, top_identities_by_refresh_rate
 
@@ -39,12 +39,7 @@ TOP_N = 20
 
 def render(view: View) -> None:
     page_header("Refresh rates", view, subtitle="How often sessions refresh, and how close to expiry")
-    if data_bounds()[1] is None:
-        empty_state(
-            "No data yet",
-            "Upload Tyk notification log exports to see refresh rates, or load the demo "
-            "data from the Overview.",
-        )
+    if not require_data("refresh rates"):
         return
     events = query(events_per_bucket, view.start, view.end, view.bucket)
     if events.empty or not events["events"].sum():
