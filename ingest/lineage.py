@@ -35,12 +35,17 @@ FROM events
 # random, so in real data a token has exactly one issuer.
 _LINK = """
 CREATE OR REPLACE TEMP TABLE tt_link AS
-WITH issuer AS (
-    SELECT refresh_token_fp AS fp,
-           arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id)) AS n
-    FROM tt_ev
+WITH cand AS (
+    SELECT refresh_token_fp AS fp, n, first_seen, notification_type, event_id FROM tt_ev
     WHERE refresh_token_fp IS NOT NULL AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
-    GROUP BY refresh_token_fp
+), counted AS (
+    SELECT fp, count(*) AS issuers, min(n) AS n FROM cand GROUP BY fp
+), issuer AS (
+    -- the cheap aggregate serves every token with one issuer; only the rare others pay for the ordering
+    SELECT fp, n FROM counted WHERE issuers = 1
+    UNION ALL
+    SELECT fp, arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id))
+    FROM cand WHERE fp IN (SELECT fp FROM counted WHERE issuers > 1) GROUP BY fp
 )
 SELECT e.n, i.n AS parent
 FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.old_refresh_token_fp
@@ -70,7 +75,7 @@ WITH forks AS (
     GROUP BY old_refresh_token_fp HAVING count(*) >= 2
 )
 SELECT e.n, j.root, l.parent, j.depth::INTEGER AS depth, e.notification_type, e.first_seen, e.deliveries,
-       e.refresh_token_fp, e.old_refresh_token_fp, e.event_id,
+       e.refresh_token_fp, e.old_refresh_token_fp, e.event_id, p.event_id AS parent_id,
        date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
        e.notification_type = 'refresh' AND e.old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM forks)
            AS forked
@@ -82,14 +87,13 @@ LEFT JOIN tt_ev p ON p.n = l.parent
 
 _LINEAGE = """
 CREATE OR REPLACE TABLE lineage AS
-SELECT m.event_id, p.event_id AS parent_id, r.event_id AS chain_id, m.depth, m.interval_s,
+SELECT m.event_id, m.parent_id, r.event_id AS chain_id, m.depth, m.interval_s,
        CASE WHEN m.interval_s IS NULL THEN NULL
             WHEN m.interval_s > $ttl THEN 'late'
             WHEN m.interval_s < $ttl / 2 THEN 'early'
             ELSE 'on_time' END AS refresh_class,
        m.forked
 FROM tt_member m
-LEFT JOIN tt_ev p ON p.n = m.parent
 JOIN tt_ev r ON r.n = m.root
 """
 
