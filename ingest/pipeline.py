@@ -323,15 +323,18 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
     # holds already and repeats of a delivery after its first occurrence.
-    cur.execute(
-        """
-        DELETE FROM stage s
-        WHERE s.reason IS NULL
-          AND (EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
-               OR EXISTS (SELECT 1 FROM tt_dup d WHERE d.delivery_id = s.delivery_id
-                          AND d.pos <> s.source_id::BIGINT * 1099511627776 + s.record_no))
-        """
-    )
+    known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
+    repeats = cur.execute("SELECT EXISTS (SELECT 1 FROM tt_dup)").fetchall()[0][0]
+    if known or repeats:  # a first load without repeats (the big one) skips this pass
+        cur.execute(
+            """
+            DELETE FROM stage s
+            WHERE s.reason IS NULL
+              AND (EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
+                   OR EXISTS (SELECT 1 FROM tt_dup d WHERE d.delivery_id = s.delivery_id
+                              AND d.pos <> s.source_id::BIGINT * 1099511627776 + s.record_no))
+            """
+        )
     new = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     for sid, _name, report in sources:
         report.new_deliveries = new.get(sid, 0)
