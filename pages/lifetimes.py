@@ -75,8 +75,9 @@ def render(view: View) -> None:
 
 def _tiles(totals: dict, ttl: float) -> None:
     median = totals["median_lifetime_s"]
-    ended = totals["chains"] - totals["active"]
-    forced_rate = totals["forced_relogins"] / ended if ended else None
+    # as on the Overview: only a session with an identity can end in a forced re-login
+    identified = totals["identified"]
+    forced_rate = totals["forced_relogins"] / identified if identified else None
     cols = st.columns(5)
     with cols[0]:
         stat_tile(
@@ -114,10 +115,10 @@ def _tiles(totals: dict, ttl: float) -> None:
             fmt_int(totals["forced_relogins"]),
             key="lt-relogins",
             level=threshold_level(forced_rate, *FORCED_RELOGIN_RATE),
-            note=f"{fmt_pct(forced_rate, 0)} of ended sessions",
+            note=f"{fmt_pct(forced_rate, 0)} of user sessions",
             help="The identity logged in again while the session's last refresh token was never used and "
             "still valid: the app lost its tokens. Amber from "
-            f"{FORCED_RELOGIN_RATE[0]:.0%}, red from {FORCED_RELOGIN_RATE[1]:.0%} of ended sessions.",
+            f"{FORCED_RELOGIN_RATE[0]:.0%}, red from {FORCED_RELOGIN_RATE[1]:.0%} of the sessions with an identity.",
         )
 
 

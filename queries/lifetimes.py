@@ -46,7 +46,8 @@ _TOTALS = f"""{_SELECT}
 SELECT count(*) AS chains, median(lifetime_s) AS median_lifetime_s,
        quantile_cont(lifetime_s, 0.9) AS p90_lifetime_s, quantile_cont(lifetime_s, 0.98) AS p98_lifetime_s,
        quantile_cont(lifetime_s, 0.99) AS p99_lifetime_s, max(lifetime_s) AS max_lifetime_s,
-       count(*) FILTER (end_state = 'active') AS active, count(*) FILTER (end_state = 'forced_relogin') AS forced_relogins
+       count(*) FILTER (end_state = 'active') AS active, count(*) FILTER (end_state = 'forced_relogin') AS forced_relogins,
+       count(*) FILTER (identity IS NOT NULL) AS identified
 FROM c
 """
 
