@@ -84,6 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     except _UserError as e:
         print(f"tokentrail: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `tokentrail summary --json | head`
+        return 0
+    except Exception as e:  # a bug, not bad input: say so plainly; TOKENTRAIL_DEBUG=1 shows the traceback
+        if os.environ.get("TOKENTRAIL_DEBUG"):
+            raise
+        print(
+            f"tokentrail: unexpected error ({type(e).__name__}: {e}). Nothing was changed: an ingest is one "
+            "transaction. Please report it with the command and, if you can, the file that caused it "
+            "(set TOKENTRAIL_DEBUG=1 for the traceback).",
+            file=sys.stderr,
+        )
+        return 1
 
 
 class _UserError(Exception):
