@@ -82,3 +82,30 @@ def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figur
     fig.update_xaxes(gridcolor=GRID, zeroline=False)
     fig.update_yaxes(gridcolor=GRID, zeroline=False)
     return fig
+
+
+def add_rate_line(fig: go.Figure, x, percent, name: str) -> go.Figure:
+    """A share (in %) as a dotted line on a right-hand axis over a count chart: one look on every page."""
+    fig.add_scatter(
+        x=x,
+        y=percent,
+        name=name,
+        yaxis="y2",
+        mode="lines",
+        line={"color": MUTED, "width": 1.5, "dash": "dot"},
+        connectgaps=False,
+    )
+    fig.update_layout(
+        yaxis2={
+            "overlaying": "y",
+            "side": "right",
+            "showgrid": False,
+            "ticksuffix": "%",
+            "tickformat": ".0f",
+            "tickmode": "auto",
+            "nticks": 5,
+            "rangemode": "tozero",
+            "gridcolor": GRID,
+        }
+    )
+    return fig

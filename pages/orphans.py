@@ -26,7 +26,7 @@ from dashboard.components import (
     threshold_level,
 )
 from dashboard.context import View, data_bounds, query
-from dashboard.theme import COLORS, GRID, MUTED, TEXT, style
+from dashboard.theme import COLORS, MUTED, TEXT, add_rate_line, style
 from queries.orphans import CAUSES, GAP_FACTOR, GAP_MIN_S, orphan_report, orphans_per_bucket
 from queries.refresh import access_ttl_s
 
@@ -144,30 +144,11 @@ def _over_time_panel(per_bucket, view: View) -> None:
         fig = go.Figure()
         for cause in CAUSES:  # stacked bottom-up in this order; the legend lists them the same way
             fig.add_bar(x=per_bucket["t"], y=per_bucket[cause], name=cause, marker_color=CAUSE_COLORS[cause])
-        fig.add_scatter(
-            x=per_bucket["t"],
-            y=per_bucket["orphan_rate"] * 100,
-            name="% of chains started",
-            yaxis="y2",
-            mode="lines",
-            line={"color": MUTED, "width": 1.5, "dash": "dot"},
-            connectgaps=False,
-        )
+        add_rate_line(fig, per_bucket["t"], per_bucket["orphan_rate"] * 100, "% of chains started")
         fig.update_layout(
             barmode="stack",
             yaxis_title="orphan chains",
             legend_traceorder="normal",
-            yaxis2={
-                "overlaying": "y",
-                "side": "right",
-                "showgrid": False,
-                "ticksuffix": "%",
-                "tickformat": ".0f",
-                "tickmode": "auto",
-                "nticks": 5,
-                "rangemode": "tozero",
-                "gridcolor": GRID,
-            },
         )
         plot(style(fig, height=300))
 

@@ -24,7 +24,7 @@ from dashboard.components import (
     threshold_level,
 )
 from dashboard.context import View, get_store, query
-from dashboard.theme import COLORS, MUTED, style
+from dashboard.theme import COLORS, add_rate_line, style
 from queries.overview import series, store_counts, tiles
 
 # (warn from, bad from). Rates are shares (0.02 = 2 %).
@@ -179,24 +179,7 @@ def _panels(s) -> None:
         rate = (s["orphan_chains"] / s["chains_started"].where(s["chains_started"] > 0)) * 100
         fig = go.Figure()
         fig.add_bar(x=s["bucket"], y=s["orphan_chains"], name="orphan chains", marker_color=COLORS["orphan"])
-        fig.add_scatter(
-            x=s["bucket"],
-            y=rate,
-            name="% of chains started",
-            yaxis="y2",
-            mode="lines",
-            line={"color": MUTED, "width": 1.5, "dash": "dot"},
-            connectgaps=False,
-        )
-        fig.update_layout(
-            yaxis2={
-                "overlaying": "y",
-                "side": "right",
-                "showgrid": False,
-                "ticksuffix": "%",
-                "rangemode": "tozero",
-            }
-        )
+        add_rate_line(fig, s["bucket"], rate, "% of chains started")
         plot(style(fig, height=280))
 
     left, right = st.columns(2)
@@ -221,23 +204,7 @@ def _panels(s) -> None:
         rate = (s["duplicates"] / s["deliveries"].where(s["deliveries"] > 0)) * 100
         fig = go.Figure()
         fig.add_bar(x=s["bucket"], y=s["duplicates"], name="retried deliveries", marker_color=COLORS["retry"])
-        fig.add_scatter(
-            x=s["bucket"],
-            y=rate,
-            name="% of deliveries",
-            yaxis="y2",
-            mode="lines",
-            line={"color": MUTED, "width": 1.5, "dash": "dot"},
-        )
-        fig.update_layout(
-            yaxis2={
-                "overlaying": "y",
-                "side": "right",
-                "showgrid": False,
-                "ticksuffix": "%",
-                "rangemode": "tozero",
-            }
-        )
+        add_rate_line(fig, s["bucket"], rate, "% of deliveries")
         plot(style(fig, height=240))
 
 

@@ -28,7 +28,7 @@ from dashboard.components import (
     threshold_level,
 )
 from dashboard.context import View, query
-from dashboard.theme import COLORS, GRID, MUTED, TEXT, style
+from dashboard.theme import COLORS, MUTED, TEXT, add_rate_line, style
 from queries.refresh import events_per_bucket, refresh_profile, top_identities_by_refresh_rate
 
 LATE_SHARE = (0.05, 0.15)  # share of refreshes after expiry: amber from 5 %, red from 15 %
@@ -190,28 +190,9 @@ def _late_panel(over, totals: dict, view: View) -> None:
     with panel("Late refreshes over time", key="rr-late-time"):
         fig = go.Figure()
         fig.add_bar(x=over["t"], y=over["late"], name="late refreshes", marker_color=COLORS["late"])
-        fig.add_scatter(
-            x=over["t"],
-            y=over["late_share"] * 100,
-            name="% of refreshes",
-            yaxis="y2",
-            mode="lines",
-            line={"color": MUTED, "width": 1.5, "dash": "dot"},
-            connectgaps=False,
-        )
+        add_rate_line(fig, over["t"], over["late_share"] * 100, "% of refreshes")
         fig.update_layout(
             yaxis_title="late refreshes",
-            yaxis2={
-                "overlaying": "y",
-                "side": "right",
-                "showgrid": False,
-                "ticksuffix": "%",
-                "tickformat": ".0f",
-                "tickmode": "auto",
-                "nticks": 5,
-                "rangemode": "tozero",
-                "gridcolor": GRID,
-            },
         )
         plot(style(fig, height=320))
         st.caption(
