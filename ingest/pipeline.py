@@ -173,28 +173,23 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         if not learned:
             sample = table.filter(pa.compute.is_null(table.column("err"))).column("raw").slice(0, 500)
             layout, learned = learn_layout(sample.to_pylist()), True
-        cur.register("tt_batch", table)
-        try:
-            if layout is not None:
-                cur.execute(f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params)
-                cur.execute(excerpts_sql("tt_batch"), params)
-                lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
-                rest = cur.execute(
-                    "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
-                    "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
-                    {"sid": source_id, "lo": lo, "hi": hi},
-                ).fetchall()
-            else:
-                rest = cur.execute("SELECT record_no, raw, err FROM tt_batch").fetchall()
-        finally:
-            cur.unregister("tt_batch")
+        if layout is not None:
+            _on_batch(cur, f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params, table)
+            _on_batch(cur, excerpts_sql("tt_batch"), params, table)
+            lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
+            rest = _on_batch(
+                cur,
+                "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
+                "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
+                {"sid": source_id, "lo": lo, "hi": hi},
+                table,
+            ).fetchall()
+        else:
+            rest = _on_batch(cur, "SELECT record_no, raw, err FROM tt_batch", {}, table).fetchall()
         if rest:
-            cur.register("tt_slow", _locate_slow(rest))
-            try:
-                cur.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
-                cur.execute(excerpts_sql("tt_slow"), params)
-            finally:
-                cur.unregister("tt_slow")
+            slow = _locate_slow(rest)
+            _on_slow(cur, f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params, slow)
+            _on_slow(cur, excerpts_sql("tt_slow"), params, slow)
         report.records += len(table)
         if on_batch:
             on_batch()
@@ -204,6 +199,18 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         [source_id],
     ).fetchall()[0]
     report.rejected, report.untimed, report.unreadable_times = row
+
+
+# The batch reaches SQL through DuckDB's replacement scan of the calling frame's local variables: the
+# parameter `tt_batch` (or `tt_slow`) below. `cur.register()` would work too, but inside a transaction the
+# view it creates lives on in the catalog until the commit and keeps every batch's Arrow table (the raw text,
+# ~16 MB a batch) alive with it: a 5M-line ingest would hold the whole input in memory.
+def _on_batch(cur, sql: str, params: dict, tt_batch: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
+
+
+def _on_slow(cur, sql: str, params: dict, tt_slow: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
 
 
 def _fast_relation(layout: Layout) -> str:
