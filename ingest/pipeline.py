@@ -175,15 +175,26 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
             layout, learned = learn_layout(sample.to_pylist()), True
         if layout is not None:
             _on_batch(cur, f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params, table)
-            _on_batch(cur, excerpts_sql("tt_batch"), params, table)
-            lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
-            rest = _on_batch(
-                cur,
-                "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
-                "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
-                {"sid": source_id, "lo": lo, "hi": hi},
-                table,
-            ).fetchall()
+            # Only this batch's rows (its record numbers; zone maps skip the rest of the stage): how many the
+            # layout took and how many of those were rejected. Usually all and none: nothing more to do.
+            numbers = table.column("record_no")
+            where = {"sid": source_id, "lo": numbers[0].as_py(), "hi": numbers[-1].as_py()}
+            taken, rejected = cur.execute(
+                "SELECT count(*), count(*) FILTER (reason IS NOT NULL) FROM stage "
+                "WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi",
+                where,
+            ).fetchall()[0]
+            if rejected:
+                _on_batch(cur, excerpts_sql("tt_batch"), params, table)
+            rest = []
+            if taken < len(table):
+                rest = _on_batch(
+                    cur,
+                    "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
+                    "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
+                    where,
+                    table,
+                ).fetchall()
         else:
             rest = _on_batch(cur, "SELECT record_no, raw, err FROM tt_batch", {}, table).fetchall()
         if rest:
@@ -355,17 +366,37 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         {"run_id": run_id},
     )
     # Events of the new deliveries; an event the store already has takes the new deliveries into its counts.
+    if not cur.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchall()[0][0]:
+        cur.execute(f"INSERT INTO events {_NEW_EVENTS}")  # a first load: every event is new, no copy
+    else:
+        _merge_events(cur)
     cur.execute(
         """
-        CREATE OR REPLACE TEMP TABLE tt_events AS
-        SELECT event_id, any_value(notification_type) AS notification_type,
-               any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
-               any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
-               min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
-               arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
-        FROM stage WHERE reason IS NULL GROUP BY event_id
-        """
+        INSERT INTO quarantine
+        SELECT q.quarantine_id, $run_id, s.source, q.record_no, q.reason, q.excerpt
+        FROM stage q JOIN tt_sources s USING (source_id)
+        WHERE q.reason IS NOT NULL
+          AND q.quarantine_id NOT IN (SELECT quarantine_id FROM quarantine)
+        QUALIFY row_number() OVER (PARTITION BY q.quarantine_id ORDER BY q.source_id) = 1
+        """,
+        {"run_id": run_id},
     )
+    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
+        cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+_NEW_EVENTS = """
+SELECT event_id, any_value(notification_type) AS notification_type,
+       any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
+       any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
+       min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
+       arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
+FROM stage WHERE reason IS NULL GROUP BY event_id
+"""
+
+
+def _merge_events(cur) -> None:
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE tt_events AS {_NEW_EVENTS}")
     cur.execute(
         """
         CREATE OR REPLACE TEMP TABLE tt_known AS
@@ -386,19 +417,6 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     cur.execute(
         "INSERT INTO events SELECT * FROM tt_events WHERE event_id NOT IN (SELECT event_id FROM tt_known)"
     )
-    cur.execute(
-        """
-        INSERT INTO quarantine
-        SELECT q.quarantine_id, $run_id, s.source, q.record_no, q.reason, q.excerpt
-        FROM stage q JOIN tt_sources s USING (source_id)
-        WHERE q.reason IS NOT NULL
-          AND q.quarantine_id NOT IN (SELECT quarantine_id FROM quarantine)
-        QUALIFY row_number() OVER (PARTITION BY q.quarantine_id ORDER BY q.source_id) = 1
-        """,
-        {"run_id": run_id},
-    )
-    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
-        cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def _prefetch(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
