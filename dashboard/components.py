@@ -341,3 +341,40 @@ def require_data(purpose: str) -> bool:
         f"Upload Tyk notification log exports to see {purpose}, or load the demo data from the Overview.",
     )
     return False
+
+
+def live_status() -> None:
+    """In the sidebar, when a live receiver writes to this database's spool: how fresh the data is.
+
+    A fragment of its own (every 5 s), so it stays current with auto-refresh off."""
+    from dashboard.context import get_store
+    from live.spool import read_state, segments, spool_dir_for
+
+    spool = spool_dir_for(get_store().path)
+    if not spool.exists():
+        return
+
+    @st.fragment(run_every=5)
+    def badge() -> None:
+        import time
+
+        now = time.time()
+        segs = segments(spool)
+        last = max((p.stat().st_mtime for p in segs), default=None)
+        state = read_state(spool) or {}
+        applied = state.get("updated_at")
+        follower = getattr(get_store(), "follower", None)
+        error = getattr(follower, "last_error", None)
+        receiving = last is not None and now - last < 120
+        label = ":green-badge[Live]" if receiving and not error else ":gray-badge[Live: idle]"
+        parts = [label]
+        if last is not None:
+            parts.append(f"last delivery {fmt_duration(now - last)} ago")
+        if applied is not None:
+            parts.append(f"applied {fmt_duration(max(0.0, now - applied))} ago")
+        st.caption(" · ".join(parts), help="Deliveries from `tokentrail receive` are applied to this database "
+                   "by the dashboard about every second. Turn on auto-refresh to watch the pages follow.")
+        if error:
+            st.caption(f":red-badge[Live apply failing] {error}")
+
+    badge()

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
@@ -34,8 +35,20 @@ from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
 from ingest.normalize import STAGE_COLUMNS, excerpts_sql, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
-# (name shown to the user, binary file object) for uploads; a path for files on disk.
-Input = str | os.PathLike | tuple[str, BinaryIO]
+
+@dataclass
+class StagedInput:
+    """Rows that were already normalised elsewhere, by the same `ingest.normalize` SQL: the live receiver's
+    spool (`live.spool`). `batches` are Arrow tables with the stage's columns except `source_id`; they join the
+    run like any file (same merge, same lineage, same transaction)."""
+
+    name: str
+    batches: Iterable[pa.Table]
+    format: str = "live receiver"
+
+
+# (name shown to the user, binary file object) for uploads; a path for files on disk; or rows already staged.
+Input = str | os.PathLike | tuple[str, BinaryIO] | StagedInput
 Progress = Callable[[str, int, int], None]  # (what, done_bytes, total_bytes)
 
 _IDENTITY_CODE_COLUMNS = ("auth_code", "code")
@@ -83,7 +96,10 @@ def ingest(
     identities: Input | None = None,
     progress: Progress | None = None,
     access_ttl_s: int | None = None,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> IngestReport:
+    """Load `inputs` in one transaction. `before_commit(cur)` runs last inside it (the live follower moves its
+    spool cursor there, so the cursor and the data it covers commit together)."""
     inputs = list(inputs)
     started = time.perf_counter()
     phases: dict[str, float] = {}
@@ -97,6 +113,12 @@ def ingest(
         cur.execute(f"CREATE OR REPLACE TEMP TABLE stage ({STAGE_COLUMNS})")
         t0 = time.perf_counter()
         for item in inputs:
+            if isinstance(item, StagedInput):
+                report = FileReport(item.name, item.format)
+                reports.append(report)
+                sources.append((len(sources) + 1, item.name, report))
+                _stage_prepared(cur, len(sources), item.batches, report)
+                continue
             try:
                 name, fileobj, owned = _open(item)
             except OSError as e:
@@ -159,6 +181,8 @@ def ingest(
                     "INSERT INTO ingest_files VALUES (?, now()::TIMESTAMP, ?, NULL, 0, 0, 0, 0, 0, ?)",
                     [run_id, r.path, r.error],
                 )
+        if before_commit:
+            before_commit(cur)
     return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
 
 
@@ -189,7 +213,7 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         finally:
             cur.unregister("tt_batch")
         if rest:
-            cur.register("tt_slow", _locate_slow(rest))
+            cur.register("tt_slow", locate_rows(rest))
             try:
                 cur.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
                 cur.execute(excerpts_sql("tt_slow"), params)
@@ -198,12 +222,30 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         report.records += len(table)
         if on_batch:
             on_batch()
+    _count_staged(cur, source_id, report)
+
+
+def _count_staged(cur, source_id: int, report: FileReport) -> None:
     row = cur.execute(
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
         "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
         [source_id],
     ).fetchall()[0]
     report.rejected, report.untimed, report.unreadable_times = row
+
+
+def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:
+    for table in batches:
+        cur.register("tt_prepared", table)
+        try:
+            cur.execute(
+                "INSERT INTO stage BY NAME SELECT $sid::INTEGER AS source_id, *, false AS bad_time FROM tt_prepared",
+                {"sid": source_id},
+            )
+        finally:
+            cur.unregister("tt_prepared")
+        report.records += len(table)
+    _count_staged(cur, source_id, report)
 
 
 def _fast_relation(layout: Layout) -> str:
@@ -228,7 +270,8 @@ SLOW_RELATION = f"""(
 ) AS slow"""
 
 
-def _locate_slow(rows) -> pa.Table:
+def locate_rows(rows) -> pa.Table:
+    """(record_no, raw, err) rows -> the columns of `SLOW_RELATION`, located one by one in Python."""
     cols: dict[str, list] = {k: [] for k in ("record_no", "raw", "err", "reason", "notif", "time_raw", "identity_raw")}
     for record_no, raw, err in rows:
         found = locate(raw) if err is None else None
@@ -342,7 +385,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     cur.execute(
         """
         INSERT INTO deliveries
-        SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no
+        SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no, n.upstream_status
         FROM stage n JOIN tt_sources s USING (source_id) WHERE n.reason IS NULL
         """,
         {"run_id": run_id},
@@ -436,6 +479,8 @@ def _open(item: Input) -> tuple[str, BinaryIO, bool]:
 
 
 def _size(item: Input) -> int:
+    if isinstance(item, StagedInput):
+        return 0
     if isinstance(item, tuple):
         f = item[1]
         try:
