@@ -37,7 +37,7 @@ RANGES = {
     "custom": "Absolute range",
 }
 _RANGE_SECONDS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
-REFRESH = {"off": None, "10s": 10, "1m": 60, "5m": 300}
+REFRESH = {"off": None, "5s": 5, "10s": 10, "1m": 60, "5m": 300}  # 5s: for watching live mode
 DEFAULT_RANGE = "all"  # an upload is looked at whole first; relative ranges then zoom in
 _INPUTS = "tt_view_inputs"  # session-state key: the raw widget values the current view was made from
 

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     args = parser.parse_args(argv)
-    db = (args.db or default_db_path()).expanduser()
+    db = (getattr(args, "db", None) or default_db_path()).expanduser()
     try:
         return _COMMANDS[args.command](args, db)
     except KeyboardInterrupt:
