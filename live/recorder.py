@@ -202,13 +202,17 @@ _FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token",
 _NO_VALUE = frozenset(("", "-", "'-", "\\N", "null", "NULL", "None", "(null)", "N/A", "n/a", "undefined"))
 
 
+# What DuckDB's trim() removes: the Unicode space separators (not tabs or newlines).
+_SPACES = " \u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + "\u202f\u205f\u3000"
+
+
 def _value(s: str | None) -> str | None:
     """tt_value(): long strings as they are; short ones trimmed of spaces, markers of "no value" -> None."""
     if s is None:
         return None
     if len(s.encode()) > 12:
         return s
-    t = s.strip(" ")
+    t = s.strip(_SPACES)
     return None if t in _NO_VALUE else t
 
 

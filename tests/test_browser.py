@@ -41,7 +41,6 @@ from tests.browser_support import (
     dashboard,
     exceptions,
     full_page_screenshot,
-    launch,
     log_tail,
     metric_values,
     settle,
@@ -128,16 +127,6 @@ def app(tmp_path_factory):
             "log": log,
             "worst_identity": str(worst.iloc[0]["identity"]),
         }
-
-
-@pytest.fixture(scope="session")
-def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

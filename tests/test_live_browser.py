@@ -12,17 +12,7 @@ import pytest
 from ingest.demo import write_demo
 from ingest.pipeline import ingest
 from ingest.store import Store
-from tests.browser_support import (
-    CHROMIUM,
-    MISSING_CHROMIUM,
-    VIEWPORT,
-    dashboard,
-    exceptions,
-    full_page_screenshot,
-    launch,
-    metric_values,
-    settle,
-)
+from tests.browser_support import VIEWPORT, dashboard, exceptions, full_page_screenshot, metric_values, settle
 from tests.live_support import ROOT, notification, receiver
 
 pytestmark = pytest.mark.browser
@@ -33,13 +23,7 @@ def _refreshes(page) -> int:
     return int(metric_values(page)["Refreshes"].replace(",", ""))
 
 
-def test_open_dashboard_follows_live_deliveries(tmp_path):
-    from pathlib import Path
-
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(MISSING_CHROMIUM, pytrace=False)
+def test_open_dashboard_follows_live_deliveries(tmp_path, browser):
     db = tmp_path / "tokentrail.duckdb"
     paths = write_demo(tmp_path / "logs", days=1, users=8, seed=3, end=datetime.now(UTC))
     store = Store.open(db)
@@ -47,8 +31,7 @@ def test_open_dashboard_follows_live_deliveries(tmp_path):
     store.close()
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with dashboard(db, ARTIFACTS / "live-dashboard.log") as url, receiver(db) as rx, sync_playwright() as p:
-        browser = launch(p)
+    with dashboard(db, ARTIFACTS / "live-dashboard.log") as url, receiver(db) as rx:
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(f"{url}/?refresh=5s")
         page.locator("h1").filter(has_text="Overview").first.wait_for(timeout=30_000)
@@ -76,4 +59,4 @@ def test_open_dashboard_follows_live_deliveries(tmp_path):
         m = rx.metrics()
         assert m["tokentrail_spool_lag_deliveries"] == 0  # the dashboard applied everything
         assert m["tokentrail_store_events"] >= len(sent)
-        browser.close()
+        page.close()

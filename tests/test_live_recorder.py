@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import secrets
 import time
@@ -22,6 +23,13 @@ from live.recorder import Recorder, fast_row
 from live.spool import SpoolError, SpoolWriter, segments, spool_dir_for
 from queries.summary import summary
 from tests.helpers import fp
+
+def run_async(coro):
+    """asyncio.run on a thread of its own: the session's Playwright browser keeps an event loop running on the
+    main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
 
 FIELDS = ("auth_code", "new_oauth_token", "refresh_token", "old_refresh_token", "notification_type")
 
@@ -55,7 +63,7 @@ token = st.one_of(
     real_token,  # mostly real-looking tokens, so that most bodies reach the comparison
     st.none(),
     st.sampled_from(["", " ", "-", "null", "NULL", "None", "N/A", "undefined", "\\N", "  abc  ", "x" * 13 + " ",
-                     "é" * 7, " \t x", "ab\u00a0"]),
+                     "é" * 7, " \t x", "ab\u00a0", "\u3000n/a\u2009", "\u2007-", "x\ty"]),
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30),
 )
 ntype = st.sampled_from(["new", "refresh", "new", "refresh", "REFRESH", "New", " new", "revoke", ""])
@@ -116,7 +124,7 @@ def test_fast_path_takes_the_real_bodies(recorder):
     ],
 )
 def test_bad_bodies_get_the_ingest_reason(recorder, raw, reason):
-    receipt = asyncio.run(recorder.record(raw, time.time_ns()))
+    receipt = run_async(recorder.record(raw, time.time_ns()))
     assert receipt.reason is not None and reason in receipt.reason
 
 
@@ -132,7 +140,7 @@ def test_spool_holds_fingerprints_only(tmp_path):
         await rec.record(raw, time.time_ns())
         await rec.record(bad, time.time_ns())
 
-    asyncio.run(go())
+    run_async(go())
     rec.close()
     data = b"".join(p.read_bytes() for p in spool_dir_for(store.path).iterdir() if p.is_file())
     for s in secrets_sent:
@@ -154,7 +162,7 @@ def _record_all(rec: Recorder, bodies: list[bytes]) -> None:
     async def go():
         await asyncio.gather(*(rec.record(b, time.time_ns()) for b in bodies))
 
-    asyncio.run(go())
+    run_async(go())
 
 
 def _chain_bodies(n: int, tag: str) -> list[bytes]:
