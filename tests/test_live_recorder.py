@@ -24,6 +24,7 @@ from live.spool import SpoolError, SpoolWriter, segments, spool_dir_for
 from queries.summary import summary
 from tests.helpers import fp
 
+
 def run_async(coro):
     """asyncio.run on a thread of its own: the session's Playwright browser keeps an event loop running on the
     main thread, where asyncio.run refuses to start."""
