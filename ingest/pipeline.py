@@ -97,9 +97,12 @@ def ingest(
     progress: Progress | None = None,
     access_ttl_s: int | None = None,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    incremental: bool = False,
 ) -> IngestReport:
     """Load `inputs` in one transaction. `before_commit(cur)` runs last inside it (the live follower moves its
-    spool cursor there, so the cursor and the data it covers commit together)."""
+    spool cursor there, so the cursor and the data it covers commit together). `incremental` recomputes only
+    the chains the new events can affect (`lineage.update`) instead of all of them; an identity mapping
+    always rebuilds everything, since it relabels chains that no new event touches."""
     inputs = list(inputs)
     started = time.perf_counter()
     phases: dict[str, float] = {}
@@ -166,7 +169,11 @@ def ingest(
             progress("linking chains", total, total)
         t0 = time.perf_counter()
         ttl = access_ttl_s or int(store.get_meta("access_ttl_s", str(DEFAULT_ACCESS_TTL_S)))
-        lineage.rebuild(cur, access_ttl_s=ttl)
+        if incremental and identities is None and not _ttl_changed(store, ttl):
+            lineage.update(cur, access_ttl_s=ttl)
+        else:
+            lineage.rebuild(cur, access_ttl_s=ttl)
+        cur.execute("DROP TABLE IF EXISTS tt_changed")
         set_meta(cur, "access_ttl_s", ttl)
         phases["lineage"] = time.perf_counter() - t0
         for _sid, _name, r in sources:
@@ -184,6 +191,10 @@ def ingest(
         if before_commit:
             before_commit(cur)
     return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
+
+
+def _ttl_changed(store: Store, ttl: int) -> bool:
+    return store.get_meta("access_ttl_s") not in (None, str(ttl))
 
 
 # -- staging -------------------------------------------------------------------------------------------------
@@ -433,6 +444,8 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         """,
         {"run_id": run_id},
     )
+    # the events this run added or changed, for an incremental lineage update
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT event_id FROM tt_events")
     for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 

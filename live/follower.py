@@ -74,7 +74,8 @@ def apply_spool(store: Store, spool: Path | None = None, *, max_bytes: int = 256
             log.warning("%s ends in a torn line (%d bytes, never acknowledged): skipped", c.segment, c.torn_bytes)
     report = None
     if inputs:
-        report = ingest(store, inputs, before_commit=lambda cur: set_meta(cur, CURSOR_KEY, new_cursor.to_json()))
+        report = ingest(store, inputs, incremental=True,
+                        before_commit=lambda cur: set_meta(cur, CURSOR_KEY, new_cursor.to_json()))
     else:
         with store.transaction() as cur:
             set_meta(cur, CURSOR_KEY, new_cursor.to_json())
