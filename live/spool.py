@@ -70,7 +70,7 @@ class SpoolWriter:
     def __init__(self, spool: Path, segment_bytes: int = SEGMENT_BYTES):
         self.spool = spool
         self.segment_bytes = segment_bytes
-        spool.mkdir(parents=True, exist_ok=True)
+        spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_fd = os.open(spool / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
