@@ -131,6 +131,7 @@ class Recorder:
         lines, receipts = [], []
         for item, rec in zip(batch, recs, strict=True):
             rec["upstream_status"] = item.upstream_status
+            rec["received_at"] = rec["received_at"] or iso_us(item.received_ns)  # rejected ones too (spool lag)
             lines.append(json.dumps(rec, separators=(",", ":")))
             event_id = rec["event_id"] if rec["reason"] is None else None
             receipts.append(Receipt(rec["reason"], event_id, self._seen(event_id)))
