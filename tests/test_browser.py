@@ -195,7 +195,7 @@ def _refreshes_tile(page) -> str:
 
 def test_every_page_renders_and_is_captured(page, app):
     """Each page opened by its URL (a deep link, like a copied address) shows its header, its panels and no
-    exception; all six are captured, and the Overview becomes the README's screenshot."""
+    exception; all seven are captured, and the Overview becomes the README's screenshot."""
     _open(page, app, "overview")
     tiles = metric_values(page)
     assert tiles["Refreshes"] == fmt_int(app["before"]["refresh_events"]), tiles
@@ -219,6 +219,11 @@ def test_every_page_renders_and_is_captured(page, app):
     _sidebar(page, "upload")
     assert page.locator('[data-testid="stFileUploader"]').count() >= 1
     _shot(page, "upload")
+
+    _sidebar(page, "live")  # no receiver ever wrote to the demo database: how to start one
+    assert page.get_by_text("Live mode is not running").count() == 1
+    assert page.get_by_text("oauth_on_keychange_url").count() >= 1
+    _shot(page, "live")
     assert not page.js_errors, page.js_errors
 
 
