@@ -35,20 +35,46 @@ FROM events {scope}
 # random, so in real data a token has exactly one issuer.
 _LINK = """
 CREATE OR REPLACE TEMP TABLE tt_link AS
-WITH cand AS (
-    SELECT refresh_token_fp AS fp, n, first_seen, notification_type, event_id FROM tt_ev
+WITH counted AS (
+    SELECT refresh_token_fp AS fp, count(*) AS issuers, min(n) AS n FROM tt_ev
     WHERE refresh_token_fp IS NOT NULL AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
-), counted AS (
-    SELECT fp, count(*) AS issuers, min(n) AS n FROM cand GROUP BY fp
+    GROUP BY fp
 ), issuer AS (
-    -- the cheap aggregate serves every token with one issuer; only the rare others pay for the ordering
+    -- the cheap aggregate serves every token with one issuer; only the rare others pay for the ordering.
+    -- (No shared CTE of the candidates: DuckDB would materialise all of them for the two readers.)
     SELECT fp, n FROM counted WHERE issuers = 1
     UNION ALL
-    SELECT fp, arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id))
-    FROM cand WHERE fp IN (SELECT fp FROM counted WHERE issuers > 1) GROUP BY fp
+    SELECT refresh_token_fp, arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id))
+    FROM tt_ev
+    WHERE refresh_token_fp IN (SELECT fp FROM counted WHERE issuers > 1)
+      AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
+    GROUP BY refresh_token_fp
 )
 SELECT e.n, i.n AS parent
 FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.old_refresh_token_fp
+"""
+
+# Forked events: refresh events that present the same token as another refresh event. A token has one
+# issuer, and that issuer issues one token, so the events presenting an issued token are exactly the issuer's
+# children: counting children per parent (integers) finds them. Only tokens without an issuer (orphan roots)
+# are grouped by fingerprint, and they are few. Computed before any cycle is cut, from the links as found.
+_FORKED = """
+CREATE OR REPLACE TEMP TABLE tt_orphan_roots AS
+SELECT l.n FROM tt_link l JOIN tt_ev e ON e.n = l.n WHERE l.parent IS NULL AND e.notification_type = 'refresh';
+CREATE OR REPLACE TEMP TABLE tt_forked AS
+SELECT n FROM tt_link
+WHERE parent IN (SELECT parent FROM tt_link WHERE parent IS NOT NULL GROUP BY parent HAVING count(*) >= 2)
+UNION ALL
+SELECT e.n FROM tt_ev e SEMI JOIN tt_orphan_roots o ON o.n = e.n
+WHERE e.old_refresh_token_fp IN (
+    -- counted over all events, not only those being linked: in an incremental update (`update`) the other
+    -- presenter of an unissued token may be the root of a chain that is not recomputed. Every presenter of a
+    -- token without an issuer is an orphan root, so all refresh events presenting it are the ones to count.
+    SELECT old_refresh_token_fp FROM events
+    WHERE notification_type = 'refresh'
+      AND old_refresh_token_fp IN (SELECT e2.old_refresh_token_fp FROM tt_ev e2 SEMI JOIN tt_orphan_roots o2 ON o2.n = e2.n)
+    GROUP BY old_refresh_token_fp HAVING count(*) >= 2
+)
 """
 
 # Pointer jumping, incremental: `tt_res` holds resolved events (n -> root, depth); `tt_pend` the others,
@@ -56,36 +82,29 @@ FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.
 # is resolved and lets the rest jump to their ancestor's ancestor, so the pending set halves its distance
 # to the roots each round and only it is ever joined.
 _JUMP_START = """
-CREATE OR REPLACE TEMP TABLE tt_res AS SELECT n, n AS root, 0 AS depth FROM tt_link WHERE parent IS NULL;
-CREATE OR REPLACE TEMP TABLE tt_pend AS SELECT n, parent AS anc, 1 AS dist FROM tt_link WHERE parent IS NOT NULL;
+CREATE OR REPLACE TEMP TABLE tt_res AS SELECT n, parent, n AS root, 0 AS depth FROM tt_link WHERE parent IS NULL;
+CREATE OR REPLACE TEMP TABLE tt_pend AS
+SELECT n, parent, parent AS anc, 1 AS dist FROM tt_link WHERE parent IS NOT NULL;
 """
 
+# The parent rides along, so that `tt_res` alone says everything about an event's place in its chain.
 _JUMP_ROUND = """
-INSERT INTO tt_res SELECT p.n, r.root, p.dist + r.depth FROM tt_pend p JOIN tt_res r ON r.n = p.anc;
+INSERT INTO tt_res SELECT p.n, p.parent, r.root, p.dist + r.depth FROM tt_pend p JOIN tt_res r ON r.n = p.anc;
 CREATE OR REPLACE TEMP TABLE tt_pend AS
-SELECT p.n, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
+SELECT p.n, p.parent, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
 """
 
 # Everything per event, on integer keys; `lineage` and `chains` are both derived from it without joining
 # on fingerprints again.
 _MEMBERS = """
 CREATE OR REPLACE TEMP TABLE tt_member AS
-WITH forks AS (
-    -- over all events, not only those being linked: in an incremental update a fork's other half may lie in
-    -- a chain that is not recomputed (two orphan roots presenting the same unknown token)
-    SELECT old_refresh_token_fp FROM events
-    WHERE notification_type = 'refresh' AND old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM tt_ev)
-    GROUP BY old_refresh_token_fp HAVING count(*) >= 2
-)
-SELECT e.n, j.root, l.parent, j.depth::INTEGER AS depth, e.notification_type, e.first_seen, e.deliveries,
+SELECT e.n, j.root, j.parent, j.depth::INTEGER AS depth, e.notification_type, e.first_seen, e.deliveries,
        e.refresh_token_fp, e.old_refresh_token_fp, e.event_id, p.event_id AS parent_id,
        date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
-       e.notification_type = 'refresh' AND e.old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM forks)
-           AS forked
+       e.n IN (SELECT n FROM tt_forked) AS forked
 FROM tt_ev e
 JOIN tt_res j ON j.n = e.n
-JOIN tt_link l ON l.n = e.n
-LEFT JOIN tt_ev p ON p.n = l.parent
+LEFT JOIN tt_ev p ON p.n = j.parent
 """
 
 _LINEAGE = """
@@ -102,10 +121,12 @@ JOIN tt_ev r ON r.n = m.root
 
 _CHAINS = """
 CREATE OR REPLACE {target} AS
-WITH agg AS (
+WITH fork_counts AS (
+    -- apart from the main aggregate: a DISTINCT there would group every event by (root, token)
+    SELECT root, count(DISTINCT old_refresh_token_fp)::INTEGER AS forks FROM tt_member WHERE forked GROUP BY root
+), agg AS (
     SELECT root, count(*)::INTEGER AS events, sum(deliveries)::INTEGER AS deliveries,
            count(*) FILTER (notification_type = 'refresh')::INTEGER AS refreshes,
-           count(DISTINCT old_refresh_token_fp) FILTER (forked)::INTEGER AS forks,
            count(*) FILTER (interval_s > $ttl)::INTEGER AS late_refreshes,
            count(*) FILTER (interval_s < $ttl / 2)::INTEGER AS early_refreshes,
            count(*) FILTER (first_seen IS NULL)::INTEGER AS untimed_events,
@@ -114,13 +135,13 @@ WITH agg AS (
            arg_max(refresh_token_fp, (first_seen, event_id)) FILTER (first_seen IS NOT NULL) AS last_refresh_fp
     FROM tt_member GROUP BY root
 ), base AS (
-    SELECT a.*, r.event_id AS chain_id, r.notification_type AS root_type,
+    SELECT a.*, coalesce(f.forks, 0) AS forks, r.event_id AS chain_id, r.notification_type AS root_type,
            r.notification_type = 'refresh' AS orphan,
            CASE WHEN r.notification_type = 'refresh' THEN r.old_refresh_token_fp END AS unknown_parent_fp,
            CASE WHEN r.notification_type = 'new' THEN coalesce(r.identity, m.identity) END AS identity,
            r.event_id IN (SELECT event_id FROM tt_cycle_roots) AS cycle_broken,
            date_diff('microsecond', a.first_seen, a.last_seen) / 1e6 AS span_s
-    FROM agg a JOIN tt_ev r ON r.n = a.root
+    FROM agg a JOIN tt_ev r ON r.n = a.root LEFT JOIN fork_counts f ON f.root = a.root
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
 ), relogin AS (
@@ -221,6 +242,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
     cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
     cur.execute(_LINK)
+    cur.execute(_FORKED)
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
     rounds = _resolve(cur)
     assigned = time.perf_counter() - t0  # every event has its chain: the connected-components part
@@ -234,7 +256,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     cur.execute(_CHAINS.format(target="TEMP TABLE tt_chains_new" if scoped else "TABLE chains"), params)
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_cycle_roots"):
+    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned,
             "tables_s": time.perf_counter() - t0 - assigned}

@@ -208,28 +208,34 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         if not learned:
             sample = table.filter(pa.compute.is_null(table.column("err"))).column("raw").slice(0, 500)
             layout, learned = learn_layout(sample.to_pylist()), True
-        cur.register("tt_batch", table)
-        try:
-            if layout is not None:
-                cur.execute(f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params)
-                cur.execute(excerpts_sql("tt_batch"), params)
-                lo, hi = table.column("record_no")[0].as_py(), table.column("record_no")[-1].as_py()
-                rest = cur.execute(
+        if layout is not None:
+            _on_batch(cur, f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params, table)
+            # Only this batch's rows (its record numbers; zone maps skip the rest of the stage): how many the
+            # layout took and how many of those were rejected. Usually all and none: nothing more to do.
+            numbers = table.column("record_no")
+            where = {"sid": source_id, "lo": numbers[0].as_py(), "hi": numbers[-1].as_py()}
+            taken, rejected = cur.execute(
+                "SELECT count(*), count(*) FILTER (reason IS NOT NULL) FROM stage "
+                "WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi",
+                where,
+            ).fetchall()[0]
+            if rejected:
+                _on_batch(cur, excerpts_sql("tt_batch"), params, table)
+            rest = []
+            if taken < len(table):
+                rest = _on_batch(
+                    cur,
                     "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
                     "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
-                    {"sid": source_id, "lo": lo, "hi": hi},
+                    where,
+                    table,
                 ).fetchall()
-            else:
-                rest = cur.execute("SELECT record_no, raw, err FROM tt_batch").fetchall()
-        finally:
-            cur.unregister("tt_batch")
+        else:
+            rest = _on_batch(cur, "SELECT record_no, raw, err FROM tt_batch", {}, table).fetchall()
         if rest:
-            cur.register("tt_slow", locate_rows(rest))
-            try:
-                cur.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
-                cur.execute(excerpts_sql("tt_slow"), params)
-            finally:
-                cur.unregister("tt_slow")
+            slow = locate_rows(rest)
+            _on_slow(cur, f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params, slow)
+            _on_slow(cur, excerpts_sql("tt_slow"), params, slow)
         report.records += len(table)
         if on_batch:
             on_batch()
@@ -247,16 +253,30 @@ def _count_staged(cur, source_id: int, report: FileReport) -> None:
 
 def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:
     for table in batches:
-        cur.register("tt_prepared", table)
-        try:
-            cur.execute(
-                "INSERT INTO stage BY NAME SELECT $sid::INTEGER AS source_id, *, false AS bad_time FROM tt_prepared",
-                {"sid": source_id},
-            )
-        finally:
-            cur.unregister("tt_prepared")
+        _on_prepared(
+            cur,
+            "INSERT INTO stage BY NAME SELECT $sid::INTEGER AS source_id, *, false AS bad_time FROM tt_prepared",
+            {"sid": source_id},
+            table,
+        )
         report.records += len(table)
     _count_staged(cur, source_id, report)
+
+
+# The batch reaches SQL through DuckDB's replacement scan of the calling frame's local variables: the
+# parameter `tt_batch` (or `tt_slow`) below. `cur.register()` would work too, but inside a transaction the
+# view it creates lives on in the catalog until the commit and keeps every batch's Arrow table (the raw text,
+# ~16 MB a batch) alive with it: a 5M-line ingest would hold the whole input in memory.
+def _on_batch(cur, sql: str, params: dict, tt_batch: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
+
+
+def _on_slow(cur, sql: str, params: dict, tt_slow: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
+
+
+def _on_prepared(cur, sql: str, params: dict, tt_prepared: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
 
 
 def _fast_relation(layout: Layout) -> str:
@@ -402,17 +422,39 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         {"run_id": run_id},
     )
     # Events of the new deliveries; an event the store already has takes the new deliveries into its counts.
+    if not cur.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchall()[0][0]:
+        cur.execute(f"INSERT INTO events {_NEW_EVENTS}")  # a first load: every event is new, no copy
+    else:
+        _merge_events(cur)
     cur.execute(
         """
-        CREATE OR REPLACE TEMP TABLE tt_events AS
-        SELECT event_id, any_value(notification_type) AS notification_type,
-               any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
-               any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
-               min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
-               arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
-        FROM stage WHERE reason IS NULL GROUP BY event_id
-        """
+        INSERT INTO quarantine
+        SELECT q.quarantine_id, $run_id, s.source, q.record_no, q.reason, q.excerpt
+        FROM stage q JOIN tt_sources s USING (source_id)
+        WHERE q.reason IS NOT NULL
+          AND q.quarantine_id NOT IN (SELECT quarantine_id FROM quarantine)
+        QUALIFY row_number() OVER (PARTITION BY q.quarantine_id ORDER BY q.source_id) = 1
+        """,
+        {"run_id": run_id},
     )
+    # the events this run added or changed, for an incremental lineage update
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
+    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
+        cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+_NEW_EVENTS = """
+SELECT event_id, any_value(notification_type) AS notification_type,
+       any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
+       any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
+       min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
+       arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
+FROM stage WHERE reason IS NULL GROUP BY event_id
+"""
+
+
+def _merge_events(cur) -> None:
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE tt_events AS {_NEW_EVENTS}")
     cur.execute(
         """
         CREATE OR REPLACE TEMP TABLE tt_known AS
@@ -433,21 +475,6 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     cur.execute(
         "INSERT INTO events SELECT * FROM tt_events WHERE event_id NOT IN (SELECT event_id FROM tt_known)"
     )
-    cur.execute(
-        """
-        INSERT INTO quarantine
-        SELECT q.quarantine_id, $run_id, s.source, q.record_no, q.reason, q.excerpt
-        FROM stage q JOIN tt_sources s USING (source_id)
-        WHERE q.reason IS NOT NULL
-          AND q.quarantine_id NOT IN (SELECT quarantine_id FROM quarantine)
-        QUALIFY row_number() OVER (PARTITION BY q.quarantine_id ORDER BY q.source_id) = 1
-        """,
-        {"run_id": run_id},
-    )
-    # the events this run added or changed, for an incremental lineage update
-    cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT event_id FROM tt_events")
-    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
-        cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def _prefetch(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
