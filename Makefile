@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench demo screenshot clean
+.PHONY: run test lint bench bench-receiver demo screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ screenshot: $(STAMP)  # refresh docs/overview.png (the README's picture) from th
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+bench-receiver: $(STAMP)
+	$(BIN)/python bench/receiver.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

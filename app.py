@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.components import PAGES, inject_css
+from dashboard.components import PAGES, inject_css, live_status
 from dashboard.context import get_store, shell, sidebar_controls
 from ingest.store import StoreError
 from tokentrail.config import default_db_path
@@ -60,6 +60,7 @@ def _run() -> None:
     sidebar_controls()
     with st.sidebar:
         st.caption(f"Database: `{default_db_path()}`")
+        live_status()
     nav.run()
 
 

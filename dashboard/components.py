@@ -46,6 +46,7 @@ PAGES: dict[str, PageSpec] = {
     "lifetimes": PageSpec("pages/lifetimes.py", "Session lifetimes", "lifetimes", ":material/timelapse:"),
     "identity": PageSpec("pages/identity.py", "Identity drill-down", "identity", ":material/person_search:"),
     "upload": PageSpec("pages/upload.py", "Upload", "upload", ":material/upload_file:"),
+    "live": PageSpec("pages/live.py", "Live receiver", "live", ":material/sensors:"),
 }
 
 # Column names under which Tyk's raw credentials travel; a table with one of them must never be downloaded.
@@ -114,14 +115,21 @@ def empty_state(
     upload_link: bool = True,
     command: str | None = None,
     demo_button: str | None = None,
+    snippets: Sequence[tuple[str, str, str]] = (),
 ) -> None:
     """What to do when there is nothing to show: a sentence, a link to the Upload page, optionally a command
-    and a button that loads the demo data (`demo_button` is its widget key)."""
+    and a button that loads the demo data (`demo_button` is its widget key). `snippets` are more code blocks
+    after the command, each `(sentence before it, code, language)`."""
     with st.container(border=True, key=f"tt-empty-{_slug(title)}"):
         st.markdown(f"**{title}**")
         st.markdown(message)
         if command:
             st.code(command, language="bash")
+        for text, code, language in snippets:
+            if text:
+                st.markdown(text)
+            if code:
+                st.code(code, language=language)
         if upload_link or demo_button:
             with st.container(horizontal=True, vertical_alignment="center", gap="medium"):
                 if demo_button:
@@ -341,3 +349,39 @@ def require_data(purpose: str) -> bool:
         f"Upload Tyk notification log exports to see {purpose}, or load the demo data from the Overview.",
     )
     return False
+
+
+def live_status() -> None:
+    """In the sidebar, when a live receiver writes to this database's spool: how fresh the data is.
+
+    A fragment of its own (every 5 s), so it stays current with auto-refresh off."""
+    from dashboard.context import get_store
+    from live.spool import spool_dir_for
+    from queries.live import spool_snapshot
+
+    spool = spool_dir_for(get_store().path)
+    if not spool.exists():
+        return
+
+    @st.fragment(run_every=5)
+    def badge() -> None:
+        import time
+
+        now = time.time()
+        snap = spool_snapshot(get_store(), spool)  # the same reading as the Live receiver page's tiles
+        last, applied = snap.last_write, snap.applied_at
+        follower = getattr(get_store(), "follower", None)
+        error = getattr(follower, "last_error", None)
+        receiving = snap.receiving(now)
+        label = ":green-badge[Live]" if receiving and not error else ":gray-badge[Live: idle]"
+        parts = [label]
+        if last is not None:
+            parts.append(f"last delivery {fmt_duration(now - last)} ago")
+        if applied is not None:
+            parts.append(f"applied {fmt_duration(max(0.0, now - applied))} ago")
+        st.caption(" · ".join(parts), help="Deliveries from `tokentrail receive` are applied to this database "
+                   "by the dashboard about every second. Turn on auto-refresh to watch the pages follow.")
+        if error:
+            st.caption(f":red-badge[Live apply failing] {error}")
+
+    badge()

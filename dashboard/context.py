@@ -1,7 +1,8 @@
 """The dashboard's shared context: the store, the view state that lives in the URL, and cached queries.
 
 * One `Store` per database file per server process (`st.cache_resource`): the dashboard is the single writer
-  of its database file; every query takes its own cursor (Streamlit sessions are threads). The cache is keyed
+  of its database file (uploads, and the live receiver's spool via `live.follower`); every query takes its
+  own cursor (Streamlit sessions are threads). The cache is keyed
   by the path, so a changed `TOKENTRAIL_DB` (tests) opens the right file, and clearing it closes the old one.
 * The view (time range, auto-refresh) is made of widgets bound to query params, so a copied link reopens the
   same page and range. Relative ranges end at the data's last delivery, not at the wall clock: the data are
@@ -24,6 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from ingest.store import Store
+from live.follower import Follower
 from tokentrail.config import default_db_path
 
 RANGES = {
@@ -35,7 +37,7 @@ RANGES = {
     "custom": "Absolute range",
 }
 _RANGE_SECONDS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
-REFRESH = {"off": None, "10s": 10, "1m": 60, "5m": 300}
+REFRESH = {"off": None, "5s": 5, "10s": 10, "1m": 60, "5m": 300}  # 5s: for watching live mode
 DEFAULT_RANGE = "all"  # an upload is looked at whole first; relative ranges then zoom in
 _INPUTS = "tt_view_inputs"  # session-state key: the raw widget values the current view was made from
 
@@ -86,12 +88,19 @@ def ensure_shell() -> None:
 
 
 def _close(store: Store) -> None:
+    follower = getattr(store, "follower", None)
+    if follower is not None:
+        follower.stop()
     store.close()
 
 
 @st.cache_resource(show_spinner="Opening the database...", on_release=_close)
 def _open_store(path: str) -> Store:
-    return Store.open(path)
+    store = Store.open(path)
+    # The dashboard owns the database, so it is the one that applies what `tokentrail receive` records
+    # (live.follower): new deliveries reach every page within about a second (with auto-refresh on).
+    store.follower = Follower(store).start()
+    return store
 
 
 def get_store() -> Store:

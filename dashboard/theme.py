@@ -27,6 +27,12 @@ COLORS = {
     "active": "#73BF69",
     "ended": "#8E8E8E",
     "untimed": "#5A5A5A",
+    # live deliveries by what the user's own service answered the relay (tokentrail receive --forward)
+    "accepted": "#73BF69",
+    "refused": "#FF9830",
+    "no_answer": "#F2495C",
+    "not_relayed": "#5794F2",
+    "rejected": "#8E8E8E",  # bodies that were not notifications (quarantined)
     # thresholds
     "ok": "#73BF69",
     "warn": "#FF9830",

@@ -27,7 +27,7 @@ _NUMBER_EVENTS = """
 CREATE OR REPLACE TEMP TABLE tt_ev AS
 SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type,
        refresh_token_fp, old_refresh_token_fp, auth_code_fp, first_seen, deliveries, identity
-FROM events
+FROM events {scope}
 """
 
 # The issuer of a refresh token: the earliest event that issued it (new before refresh on a tie, then
@@ -59,16 +59,22 @@ FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.
 # children: counting children per parent (integers) finds them. Only tokens without an issuer (orphan roots)
 # are grouped by fingerprint, and they are few. Computed before any cycle is cut, from the links as found.
 _FORKED = """
+CREATE OR REPLACE TEMP TABLE tt_orphan_roots AS
+SELECT l.n FROM tt_link l JOIN tt_ev e ON e.n = l.n WHERE l.parent IS NULL AND e.notification_type = 'refresh';
 CREATE OR REPLACE TEMP TABLE tt_forked AS
 SELECT n FROM tt_link
 WHERE parent IN (SELECT parent FROM tt_link WHERE parent IS NOT NULL GROUP BY parent HAVING count(*) >= 2)
 UNION ALL
-SELECT n FROM (
-    SELECT e.n, e.old_refresh_token_fp, count(*) OVER (PARTITION BY e.old_refresh_token_fp) AS presenters
-    FROM tt_ev e SEMI JOIN tt_link l ON l.n = e.n AND l.parent IS NULL
-    WHERE e.notification_type = 'refresh'
+SELECT e.n FROM tt_ev e SEMI JOIN tt_orphan_roots o ON o.n = e.n
+WHERE e.old_refresh_token_fp IN (
+    -- counted over all events, not only those being linked: in an incremental update (`update`) the other
+    -- presenter of an unissued token may be the root of a chain that is not recomputed. Every presenter of a
+    -- token without an issuer is an orphan root, so all refresh events presenting it are the ones to count.
+    SELECT old_refresh_token_fp FROM events
+    WHERE notification_type = 'refresh'
+      AND old_refresh_token_fp IN (SELECT e2.old_refresh_token_fp FROM tt_ev e2 SEMI JOIN tt_orphan_roots o2 ON o2.n = e2.n)
+    GROUP BY old_refresh_token_fp HAVING count(*) >= 2
 )
-WHERE presenters >= 2
 """
 
 # Pointer jumping, incremental: `tt_res` holds resolved events (n -> root, depth); `tt_pend` the others,
@@ -103,7 +109,7 @@ LEFT JOIN tt_ev p ON p.n = j.parent
 """
 
 _LINEAGE = """
-CREATE OR REPLACE TABLE lineage AS
+CREATE OR REPLACE {target} AS
 SELECT m.event_id, m.parent_id, r.event_id AS chain_id, m.depth, m.interval_s,
        CASE WHEN m.interval_s IS NULL THEN NULL
             WHEN m.interval_s > $ttl THEN 'late'
@@ -115,7 +121,7 @@ JOIN tt_ev r ON r.n = m.root
 """
 
 _CHAINS = """
-CREATE OR REPLACE TABLE chains AS
+CREATE OR REPLACE {target} AS
 WITH fork_counts AS (
     -- apart from the main aggregate: a DISTINCT there would group every event by (root, token)
     SELECT m.root, count(DISTINCT e.old_refresh_token_fp)::INTEGER AS forks
@@ -127,7 +133,8 @@ WITH fork_counts AS (
            count(*) FILTER (interval_s < $ttl / 2)::INTEGER AS early_refreshes,
            count(*) FILTER (first_seen IS NULL)::INTEGER AS untimed_events,
            min(first_seen) AS first_seen, max(first_seen) AS last_seen,
-           arg_max(n, (first_seen, event_id)) AS last_n
+           -- the last event in time (an untimed event has no place in time); its refresh token is fetched below
+           arg_max(n, (first_seen, event_id)) FILTER (first_seen IS NOT NULL) AS last_n
     FROM tt_member GROUP BY root
 ), base AS (
     SELECT a.*, coalesce(f.forks, 0) AS forks, l.last_refresh_fp, r.event_id AS chain_id,
@@ -138,7 +145,7 @@ WITH fork_counts AS (
            r.event_id IN (SELECT event_id FROM tt_cycle_roots) AS cycle_broken,
            date_diff('microsecond', a.first_seen, a.last_seen) / 1e6 AS span_s
     FROM agg a JOIN tt_ev r ON r.n = a.root LEFT JOIN fork_counts f ON f.root = a.root
-    JOIN (SELECT n, refresh_token_fp AS last_refresh_fp FROM tt_ev) l ON l.n = a.last_n
+    LEFT JOIN (SELECT n, refresh_token_fp AS last_refresh_fp FROM tt_ev) l ON l.n = a.last_n
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
 ), relogin AS (
@@ -151,11 +158,11 @@ SELECT b.chain_id, b.orphan OR b.cycle_broken AS orphan, b.root_type, b.identity
        b.events, b.deliveries, b.refreshes, b.forks, b.late_refreshes, b.early_refreshes, b.untimed_events,
        b.span_s, b.span_s + $ttl AS lifetime_s,
        CASE WHEN b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
-                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM tt_ev
+                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM events
                                                WHERE old_refresh_token_fp IS NOT NULL)
                 THEN 'forced_relogin'
             WHEN b.last_seen IS NULL THEN 'untimed'
-            WHEN b.last_seen + to_seconds($ttl) >= (SELECT max(first_seen) FROM tt_ev) THEN 'active'
+            WHEN b.last_seen + to_seconds($ttl) >= $as_of::TIMESTAMP THEN 'active'
             ELSE 'ended' END AS end_state,
        b.unknown_parent_fp, b.cycle_broken
 FROM base b LEFT JOIN relogin r USING (chain_id)
@@ -164,23 +171,96 @@ FROM base b LEFT JOIN relogin r USING (chain_id)
 
 def rebuild(cur, *, access_ttl_s: int = 3600, refresh_ttl_s: int = DEFAULT_REFRESH_TTL_S) -> dict:
     """Recompute `lineage` and `chains` from `events` (inside the caller's transaction). Returns stats."""
+    return _build(cur, access_ttl_s, refresh_ttl_s, scoped=False)
+
+
+# The events whose chains a batch of changed events (`tt_changed`) can alter: the changed events; the events
+# they link to through a token (the issuer of the token they present, the events presenting a token they issue
+# -- orphan roots they adopt --, the events presenting the same token -- forks); every event of those events'
+# chains; and every chain of the identities involved (one chain's end state depends on the identity's next
+# chain). Chains are closed under links, so recomputing whole chains from these events alone is exact.
+_TOUCHED = """
+CREATE OR REPLACE TEMP TABLE tt_touched AS
+WITH n AS MATERIALIZED (SELECT * FROM events WHERE event_id IN (SELECT event_id FROM tt_changed)),
+linked AS (  -- one scan of the events
+    SELECT event_id FROM events
+    WHERE event_id IN (SELECT event_id FROM n)
+       OR refresh_token_fp IN (SELECT old_refresh_token_fp FROM n)
+       OR old_refresh_token_fp IN (SELECT refresh_token_fp FROM n UNION SELECT old_refresh_token_fp FROM n)
+), hit AS (
+    SELECT DISTINCT chain_id FROM lineage WHERE event_id IN (SELECT event_id FROM linked)
+), who AS (
+    SELECT identity FROM chains WHERE chain_id IN (SELECT chain_id FROM hit) AND identity IS NOT NULL
+    UNION SELECT identity FROM n WHERE identity IS NOT NULL
+    UNION SELECT m.identity FROM identity_map m JOIN n ON m.auth_code_fp = n.auth_code_fp
+), old_chains AS (
+    SELECT chain_id FROM hit
+    UNION SELECT chain_id FROM chains WHERE identity IN (SELECT identity FROM who)
+)
+SELECT event_id FROM lineage WHERE chain_id IN (SELECT chain_id FROM old_chains)
+UNION SELECT event_id FROM linked
+"""
+
+
+# Above this share of all events, recomputing everything is as cheap as finding what to recompute.
+FULL_REBUILD_SHARE = 0.25
+
+
+def update(cur, *, access_ttl_s: int = 3600, refresh_ttl_s: int = DEFAULT_REFRESH_TTL_S) -> dict:
+    """Bring `lineage` and `chains` up to date after the events listed in the temp table `tt_changed` were added
+    or changed, recomputing only the chains they can affect (the live follower's small, frequent batches).
+    Falls back to `rebuild` when more than `FULL_REBUILD_SHARE` of all events are affected. Same results as `rebuild`
+    (tests/test_properties.py compares them)."""
+    cur.execute(_TOUCHED)
+    touched, total = cur.execute(
+        "SELECT (SELECT count(*) FROM tt_touched), (SELECT count(*) FROM events)"
+    ).fetchall()[0]
+    if not total or touched > FULL_REBUILD_SHARE * total:
+        cur.execute("DROP TABLE IF EXISTS tt_touched")
+        return dict(rebuild(cur, access_ttl_s=access_ttl_s, refresh_ttl_s=refresh_ttl_s), scoped=False)
+    stats = _build(cur, access_ttl_s, refresh_ttl_s, scoped=True)
+    for sql in (
+        "DELETE FROM chains WHERE chain_id IN "
+        "(SELECT chain_id FROM lineage WHERE event_id IN (SELECT event_id FROM tt_touched))",
+        "DELETE FROM lineage WHERE event_id IN (SELECT event_id FROM tt_touched)",
+        "INSERT INTO lineage SELECT * FROM tt_lineage_new",
+        "INSERT INTO chains SELECT * FROM tt_chains_new",
+        "DROP TABLE tt_lineage_new",
+        "DROP TABLE tt_chains_new",
+        "DROP TABLE tt_touched",
+    ):
+        cur.execute(sql)
+    # time moved on for every other chain too: a session past its last access token's lifetime has ended
+    cur.execute(
+        "UPDATE chains SET end_state = 'ended' WHERE end_state = 'active' AND last_seen + to_seconds($ttl) < $as_of",
+        {"ttl": float(access_ttl_s), "as_of": _as_of(cur)},
+    )
+    return dict(stats, scoped=True, touched_events=touched)
+
+
+def _as_of(cur):
+    return cur.execute("SELECT max(first_seen) FROM events").fetchall()[0][0]
+
+
+def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
-    cur.execute(_NUMBER_EVENTS)
+    cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
     cur.execute(_LINK)
     cur.execute(_FORKED)
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
     rounds = _resolve(cur)
     assigned = time.perf_counter() - t0  # every event has its chain: the connected-components part
-    params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s)}
+    as_of = _as_of(cur)
+    params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s), "as_of": as_of}
     cur.execute(_MEMBERS)
     for t in ("tt_link", "tt_res", "tt_pend"):  # free memory for the two big tables below
         cur.execute(f"DROP TABLE IF EXISTS {t}")
-    cur.execute(_LINEAGE, {"ttl": float(access_ttl_s)})
-    cur.execute(_CHAINS, params)
-    as_of = cur.execute("SELECT max(first_seen) FROM events").fetchall()[0][0]
+    cur.execute(_LINEAGE.format(target="TEMP TABLE tt_lineage_new" if scoped else "TABLE lineage"),
+                {"ttl": float(access_ttl_s)})
+    cur.execute(_CHAINS.format(target="TEMP TABLE tt_chains_new" if scoped else "TABLE chains"), params)
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_forked", "tt_cycle_roots"):
+    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned,
             "tables_s": time.perf_counter() - t0 - assigned}

@@ -127,7 +127,8 @@ WITH x AS (
 )
 -- a delivery is a payload at a time: re-reading a record, or an overlapping export, gives the same id
 SELECT * EXCLUDE (bad_time),
-       tt_id(event_id || '|' || coalesce(epoch_us(received_at)::VARCHAR, 'untimed')) AS delivery_id, bad_time
+       tt_id(event_id || '|' || coalesce(epoch_us(received_at)::VARCHAR, 'untimed')) AS delivery_id, bad_time,
+       NULL::INTEGER AS upstream_status  -- set by the live receiver in relay mode
 FROM e
 """
 
@@ -145,7 +146,7 @@ STAGE_COLUMNS = (
     "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id VARCHAR, "
     "notification_type VARCHAR, auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, "
     "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, delivery_id VARCHAR, "
-    "bad_time BOOLEAN"
+    "bad_time BOOLEAN, upstream_status INTEGER"
 )
 
 

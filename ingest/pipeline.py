@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
@@ -34,8 +35,20 @@ from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
 from ingest.normalize import STAGE_COLUMNS, excerpts_sql, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
-# (name shown to the user, binary file object) for uploads; a path for files on disk.
-Input = str | os.PathLike | tuple[str, BinaryIO]
+
+@dataclass
+class StagedInput:
+    """Rows that were already normalised elsewhere, by the same `ingest.normalize` SQL: the live receiver's
+    spool (`live.spool`). `batches` are Arrow tables with the stage's columns except `source_id`; they join the
+    run like any file (same merge, same lineage, same transaction)."""
+
+    name: str
+    batches: Iterable[pa.Table]
+    format: str = "live receiver"
+
+
+# (name shown to the user, binary file object) for uploads; a path for files on disk; or rows already staged.
+Input = str | os.PathLike | tuple[str, BinaryIO] | StagedInput
 Progress = Callable[[str, int, int], None]  # (what, done_bytes, total_bytes)
 
 _IDENTITY_CODE_COLUMNS = ("auth_code", "code")
@@ -83,7 +96,13 @@ def ingest(
     identities: Input | None = None,
     progress: Progress | None = None,
     access_ttl_s: int | None = None,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    incremental: bool = False,
 ) -> IngestReport:
+    """Load `inputs` in one transaction. `before_commit(cur)` runs last inside it (the live follower moves its
+    spool cursor there, so the cursor and the data it covers commit together). `incremental` recomputes only
+    the chains the new events can affect (`lineage.update`) instead of all of them; an identity mapping
+    always rebuilds everything, since it relabels chains that no new event touches."""
     inputs = list(inputs)
     started = time.perf_counter()
     phases: dict[str, float] = {}
@@ -97,6 +116,12 @@ def ingest(
         cur.execute(f"CREATE OR REPLACE TEMP TABLE stage ({STAGE_COLUMNS})")
         t0 = time.perf_counter()
         for item in inputs:
+            if isinstance(item, StagedInput):
+                report = FileReport(item.name, item.format)
+                reports.append(report)
+                sources.append((len(sources) + 1, item.name, report))
+                _stage_prepared(cur, len(sources), item.batches, report)
+                continue
             try:
                 name, fileobj, owned = _open(item)
             except OSError as e:
@@ -144,7 +169,11 @@ def ingest(
             progress("linking chains", total, total)
         t0 = time.perf_counter()
         ttl = access_ttl_s or int(store.get_meta("access_ttl_s", str(DEFAULT_ACCESS_TTL_S)))
-        lineage.rebuild(cur, access_ttl_s=ttl)
+        if incremental and identities is None and not _ttl_changed(store, ttl):
+            lineage.update(cur, access_ttl_s=ttl)
+        else:
+            lineage.rebuild(cur, access_ttl_s=ttl)
+        cur.execute("DROP TABLE IF EXISTS tt_changed")
         set_meta(cur, "access_ttl_s", ttl)
         phases["lineage"] = time.perf_counter() - t0
         for _sid, _name, r in sources:
@@ -159,7 +188,13 @@ def ingest(
                     "INSERT INTO ingest_files VALUES (?, now()::TIMESTAMP, ?, NULL, 0, 0, 0, 0, 0, ?)",
                     [run_id, r.path, r.error],
                 )
+        if before_commit:
+            before_commit(cur)
     return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
+
+
+def _ttl_changed(store: Store, ttl: int) -> bool:
+    return store.get_meta("access_ttl_s") not in (None, str(ttl))
 
 
 # -- staging -------------------------------------------------------------------------------------------------
@@ -200,18 +235,34 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         else:
             rest = _on_batch(cur, "SELECT record_no, raw, err FROM tt_batch", {}, table).fetchall()
         if rest:
-            slow = _locate_slow(rest)
+            slow = locate_rows(rest)
             _on_slow(cur, f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params, slow)
             _on_slow(cur, excerpts_sql("tt_slow"), params, slow)
         report.records += len(table)
         if on_batch:
             on_batch()
+    _count_staged(cur, source_id, report)
+
+
+def _count_staged(cur, source_id: int, report: FileReport) -> None:
     row = cur.execute(
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
         "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
         [source_id],
     ).fetchall()[0]
     report.rejected, report.untimed, report.unreadable_times = row
+
+
+def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:
+    for table in batches:
+        _on_prepared(
+            cur,
+            "INSERT INTO stage BY NAME SELECT $sid::INTEGER AS source_id, *, false AS bad_time FROM tt_prepared",
+            {"sid": source_id},
+            table,
+        )
+        report.records += len(table)
+    _count_staged(cur, source_id, report)
 
 
 SCAN_CHUNK_ROWS = 8192
@@ -225,6 +276,10 @@ def _on_batch(cur, sql: str, params: dict, tt_batch: pa.Table):  # noqa: ARG001 
 
 
 def _on_slow(cur, sql: str, params: dict, tt_slow: pa.Table):  # noqa: ARG001 - read by the replacement scan
+    return cur.execute(sql, params)
+
+
+def _on_prepared(cur, sql: str, params: dict, tt_prepared: pa.Table):  # noqa: ARG001 - read by the replacement scan
     return cur.execute(sql, params)
 
 
@@ -250,7 +305,8 @@ SLOW_RELATION = f"""(
 ) AS slow"""
 
 
-def _locate_slow(rows) -> pa.Table:
+def locate_rows(rows) -> pa.Table:
+    """(record_no, raw, err) rows -> the columns of `SLOW_RELATION`, located one by one in Python."""
     cols: dict[str, list] = {k: [] for k in ("record_no", "raw", "err", "reason", "notif", "time_raw", "identity_raw")}
     for record_no, raw, err in rows:
         found = locate(raw) if err is None else None
@@ -371,7 +427,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     cur.execute(
         """
         INSERT INTO deliveries
-        SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no
+        SELECT n.delivery_id, n.event_id, n.received_at, n.identity, $run_id, s.source, n.record_no, n.upstream_status
         FROM stage n JOIN tt_sources s USING (source_id) WHERE n.reason IS NULL
         """,
         {"run_id": run_id},
@@ -392,6 +448,8 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         """,
         {"run_id": run_id},
     )
+    # the events this run added or changed, for an incremental lineage update
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
     for t in ("tt_multi", "tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
@@ -480,6 +538,8 @@ def _open(item: Input) -> tuple[str, BinaryIO, bool]:
 
 
 def _size(item: Input) -> int:
+    if isinstance(item, StagedInput):
+        return 0
     if isinstance(item, tuple):
         f = item[1]
         try:

@@ -40,10 +40,12 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 );
 
 -- One received notification (one log record). delivery_id: an id of (event_id, received_at).
+-- upstream_status: in relay mode, the status the user's own service answered (0: no answer); else NULL.
 CREATE TABLE IF NOT EXISTS deliveries (
     delivery_id VARCHAR, event_id VARCHAR, received_at TIMESTAMP, identity VARCHAR,
-    run_id INTEGER, source VARCHAR, record_no BIGINT
+    run_id INTEGER, source VARCHAR, record_no BIGINT, upstream_status INTEGER
 );
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS upstream_status INTEGER;  -- databases made before relay mode
 
 -- One distinct notification payload; deliveries with the same payload collapse into it.
 CREATE TABLE IF NOT EXISTS events (
@@ -165,6 +167,24 @@ def set_meta(cur: duckdb.DuckDBPyConnection, key: str, value: object) -> None:
     cur.execute("INSERT INTO meta VALUES (?, ?)", [key, None if value is None else str(value)])
 
 
+def load_key(db_path: str | os.PathLike) -> str:
+    """The fingerprint key of a database, for a process that must not open the database itself (the live
+    receiver). A database that does not exist yet is created, with its key."""
+    kp = key_path(str(db_path))
+    if not kp.exists():
+        Store.open(db_path).close()
+    return _read_key(kp)
+
+
+def _read_key(kp: Path) -> str:
+    if kp.stat().st_mode & 0o077:
+        os.chmod(kp, 0o600)  # tighten a key someone copied with loose permissions
+    key = kp.read_text().strip()
+    if len(key) != 32:
+        raise StoreError(f"the fingerprint key {kp} is damaged (expected 32 hex characters)")
+    return key
+
+
 def key_path(db_path: str) -> Path:
     return Path(db_path + ".key")
 
@@ -172,13 +192,7 @@ def key_path(db_path: str) -> Path:
 def _load_or_create_key(db_path: str, *, existed: bool, con: duckdb.DuckDBPyConnection) -> str:
     kp = key_path(db_path)
     if kp.exists():
-        mode = kp.stat().st_mode & 0o777
-        if mode & 0o077:
-            os.chmod(kp, 0o600)  # tighten a key someone copied with loose permissions
-        key = kp.read_text().strip()
-        if len(key) != 32:
-            raise StoreError(f"the fingerprint key {kp} is damaged (expected 32 hex characters)")
-        return key
+        return _read_key(kp)
     has_data = existed and con.execute("SELECT count(*) FROM events").fetchall()[0][0] > 0
     if has_data:
         raise StoreError(

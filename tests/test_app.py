@@ -1,4 +1,4 @@
-"""The dashboard through Streamlit's AppTest: the shell and its six pages, the Overview's numbers, the uploader.
+"""The dashboard through Streamlit's AppTest: the shell and its seven pages, the Overview's numbers, the uploader.
 
 The demo database is built once per session (two simulated days, 30 users, a fixed end) and its summary is
 taken with the real command line (`tokentrail summary --json`) before any app opens the file. Every AppTest
@@ -142,7 +142,7 @@ def test_page_renders_on_an_empty_store(app, empty_db, page):
     assert_clean(at)
 
 
-def test_navigation_declares_the_six_pages(app, demo):
+def test_navigation_declares_the_seven_pages(app, demo):
     at = app(demo["db"]).run()
     assert_clean(at)
     assert [p.title for p in PAGES.values()] == [
@@ -152,6 +152,7 @@ def test_navigation_declares_the_six_pages(app, demo):
         "Session lifetimes",
         "Identity drill-down",
         "Upload",
+        "Live receiver",
     ]
     assert [p.url_path for p in PAGES.values()] == [
         "overview",
@@ -160,6 +161,7 @@ def test_navigation_declares_the_six_pages(app, demo):
         "lifetimes",
         "identity",
         "upload",
+        "live",
     ]
     assert at.title[0].value == "Overview"  # the default page
 

@@ -41,7 +41,6 @@ from tests.browser_support import (
     dashboard,
     exceptions,
     full_page_screenshot,
-    launch,
     log_tail,
     metric_values,
     settle,
@@ -130,16 +129,6 @@ def app(tmp_path_factory):
         }
 
 
-@pytest.fixture(scope="session")
-def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, app, request):
     ctx = browser.new_context(viewport=VIEWPORT)
@@ -206,7 +195,7 @@ def _refreshes_tile(page) -> str:
 
 def test_every_page_renders_and_is_captured(page, app):
     """Each page opened by its URL (a deep link, like a copied address) shows its header, its panels and no
-    exception; all six are captured, and the Overview becomes the README's screenshot."""
+    exception; all seven are captured, and the Overview becomes the README's screenshot."""
     _open(page, app, "overview")
     tiles = metric_values(page)
     assert tiles["Refreshes"] == fmt_int(app["before"]["refresh_events"]), tiles
@@ -230,6 +219,11 @@ def test_every_page_renders_and_is_captured(page, app):
     _sidebar(page, "upload")
     assert page.locator('[data-testid="stFileUploader"]').count() >= 1
     _shot(page, "upload")
+
+    _sidebar(page, "live")  # no receiver ever wrote to the demo database: how to start one
+    assert page.get_by_text("Live mode is not running").count() == 1
+    assert page.get_by_text("oauth_on_keychange_url").count() >= 1
+    _shot(page, "live")
     assert not page.js_errors, page.js_errors
 
 

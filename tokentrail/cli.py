@@ -1,4 +1,4 @@
-"""The `tokentrail` command: ingest, summary, chains, quarantine, demo, serve.
+"""The `tokentrail` command: ingest, summary, chains, quarantine, demo, serve; live: receive, follow, replay.
 
 The JSON outputs (`--json`) are a public interface (see DOMAIN.md): keys are only ever added.
 Human output is a table on stdout; progress goes to stderr, as a bar when stderr is a terminal.
@@ -23,6 +23,10 @@ EPILOG = """examples:
   tokentrail chains --identity alice@example.com
   tokentrail quarantine                             records that could not be read, and why
   tokentrail serve --port 8501                      the dashboard (http://127.0.0.1:8501)
+  TOKENTRAIL_SHARED_SECRET=... tokentrail receive --port 8080 [--forward http://127.0.0.1:9000/notify]
+                                                    receive Tyk's notifications live (the dashboard applies them)
+  tokentrail follow                                 apply received notifications without a dashboard
+  TOKENTRAIL_SHARED_SECRET=... tokentrail replay export.jsonl --to http://127.0.0.1:8080/ --rate 100
 
 The database defaults to data/tokentrail.duckdb (or $TOKENTRAIL_DB); --db selects another.
 """
@@ -74,8 +78,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501)
 
+    p = sub.add_parser(
+        "receive", allow_abbrev=False, help="receive Tyk's notifications live (optionally relaying them to your service)",
+        description="A Tyk-compatible notification receiver: point the API's oauth_on_keychange_url here. "
+        "Deliveries are recorded durably (fingerprints only) in <db>.spool/ and applied to the database by its "
+        "writer: the dashboard, or `tokentrail follow`. The shared secret comes from $TOKENTRAIL_SHARED_SECRET "
+        "or --secret-file (never the command line).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    db_arg(p)
+    p.add_argument("--secret-file", type=Path, metavar="PATH", help="file holding Tyk's notifications.shared_secret")
+    p.add_argument("--forward", metavar="URL", help="relay each delivery to your existing service and answer Tyk with its status")
+    p.add_argument("--forward-timeout", type=float, default=8.0, metavar="SECONDS",
+                   help="how long to wait for the forwarded service (default 8; Tyk itself gives up at 10)")
+    p.add_argument("--max-body", type=int, default=64 * 1024, metavar="BYTES", help="larger bodies get 413 (default 65536)")
+
+    p = sub.add_parser("follow", help="apply live deliveries from the receiver's spool to the database (no dashboard)")
+    db_arg(p)
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--once", action="store_true", help="apply what is there, then exit")
+
+    p = sub.add_parser("replay", allow_abbrev=False, help="send an export's notifications to a receiver, as Tyk would",
+                       description="POST each notification of the exports, with Tyk's headers, in time order; "
+                       "retry like Tyk (non-200: wait, 3 attempts). The secret comes from "
+                       "$TOKENTRAIL_SHARED_SECRET or --secret-file.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--to", required=True, metavar="URL")
+    p.add_argument("--rate", type=float, default=50.0, metavar="N", help="notifications per second (default 50; 0: as fast as possible)")
+    p.add_argument("--secret-file", type=Path, metavar="PATH")
+    p.add_argument("--retry-wait", type=float, default=10.0, metavar="SECONDS", help="wait before a retry (Tyk: 10)")
+    p.add_argument("--all-deliveries", action="store_true", help="send every record, Tyk's logged retries included")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     args = parser.parse_args(argv)
-    db = (args.db or default_db_path()).expanduser()
+    db = (getattr(args, "db", None) or default_db_path()).expanduser()
     try:
         return _COMMANDS[args.command](args, db)
     except KeyboardInterrupt:
@@ -233,6 +270,99 @@ def cmd_serve(args, db: Path) -> int:
     return subprocess.call(cmd, env=env, cwd=PROJECT_ROOT)
 
 
+def _shared_secret(args) -> str:
+    from live.secrets import SECRET_ENV, SecretError, load_secret
+
+    try:
+        return load_secret(args.secret_file)
+    except SecretError as e:
+        raise _UserError(f"{e} (set ${SECRET_ENV} or pass --secret-file PATH)") from e
+
+
+def cmd_receive(args, db: Path) -> int:
+    import uvicorn
+
+    from ingest.store import StoreError, load_key
+    from live.server import ReceiverSettings, create_app
+    from live.spool import SpoolError, spool_dir_for
+
+    secret = _shared_secret(args)
+    try:
+        key = load_key(db)
+    except StoreError as e:
+        raise _UserError(str(e)) from e
+    spool = spool_dir_for(db)
+    settings = ReceiverSettings(spool=spool, key=key, secret=secret, forward=args.forward,
+                                forward_timeout=args.forward_timeout, max_body=args.max_body)
+    app = create_app(settings)
+    print(f"tokentrail receiver: http://{args.host}:{args.port}/ (and /tyk/notify), metrics at /metrics; "
+          f"spool {spool}" + (f"; relaying to {args.forward}" if args.forward else ""), file=sys.stderr)
+    print("deliveries reach the database through its writer: the dashboard (tokentrail serve) or tokentrail follow",
+          file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                    loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=15)
+    except SpoolError as e:
+        raise _UserError(str(e)) from e
+    return 0
+
+
+def cmd_follow(args, db: Path) -> int:
+    from live.follower import Follower, apply_spool
+    from live.spool import spool_dir_for
+
+    store = _open_store(db)
+    try:
+        if args.once:
+            applied = apply_spool(store)
+            print(f"applied {applied.deliveries if applied else 0} live deliveries to {db}")
+            return 0
+
+        def show(a) -> None:
+            print(f"{time.strftime('%H:%M:%S')} applied {a.deliveries} deliveries ({a.new_deliveries} new, "
+                  f"{a.rejected} rejected) in {a.seconds:.2f}s", flush=True)
+
+        follower = Follower(store, interval=args.interval, on_apply=show).start()
+        print(f"following {spool_dir_for(db)} into {db} (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            follower.stop()
+    finally:
+        store.close()
+
+
+def cmd_replay(args, db: Path) -> int:
+    import asyncio
+
+    from live.replay import ReplayReport, read_notifications, replay
+
+    secret = _shared_secret(args)
+    report = ReplayReport()
+    bodies = read_notifications(args.paths, all_deliveries=args.all_deliveries, report=report)
+    for err in report.errors:
+        print(f"error: {err}", file=sys.stderr)
+    if not bodies:
+        raise _UserError("no Tyk notifications found in " + ", ".join(map(str, args.paths)))
+    print(f"replaying {len(bodies)} notifications to {args.to} at "
+          f"{'full speed' if args.rate <= 0 else f'{args.rate:g}/s'}", file=sys.stderr)
+    bar = _Progress()
+    try:
+        asyncio.run(replay(bodies, args.to, secret, rate=args.rate, retry_wait=args.retry_wait, report=report,
+                           progress=lambda d, t: bar("sending", d, t)))
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _table(["notifications", "delivered", "retries", "lost", "skipped records", "seconds"],
+               [[report.notifications, report.delivered, report.retried, report.lost, report.skipped,
+                 round(report.seconds, 1)]])
+        print("answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items())))
+    return 0 if report.lost == 0 else 1
+
+
 _COMMANDS = {
     "ingest": cmd_ingest,
     "summary": cmd_summary,
@@ -240,6 +370,9 @@ _COMMANDS = {
     "quarantine": cmd_quarantine,
     "demo": cmd_demo,
     "serve": cmd_serve,
+    "receive": cmd_receive,
+    "follow": cmd_follow,
+    "replay": cmd_replay,
 }
 
 
