@@ -94,12 +94,13 @@ CREATE OR REPLACE TEMP TABLE tt_pend AS
 SELECT p.n, p.parent, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
 """
 
-# Everything per event, on integer keys; `lineage` and `chains` are both derived from it without joining
+# Everything per event, on integer keys (kept narrow: the ingest transaction holds it until COMMIT);
+# `lineage` and `chains` are both derived from it without joining
 # on fingerprints again.
 _MEMBERS = """
 CREATE OR REPLACE TEMP TABLE tt_member AS
-SELECT e.n, j.root, j.parent, j.depth::INTEGER AS depth, e.notification_type, e.first_seen, e.deliveries,
-       e.refresh_token_fp, e.old_refresh_token_fp, e.event_id, p.event_id AS parent_id,
+SELECT e.n, j.root, j.parent, j.depth::INTEGER AS depth, e.notification_type = 'refresh' AS is_refresh,
+       e.first_seen, e.deliveries, e.event_id, p.event_id AS parent_id,
        date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
        e.n IN (SELECT n FROM tt_forked) AS forked
 FROM tt_ev e
@@ -123,25 +124,28 @@ _CHAINS = """
 CREATE OR REPLACE {target} AS
 WITH fork_counts AS (
     -- apart from the main aggregate: a DISTINCT there would group every event by (root, token)
-    SELECT root, count(DISTINCT old_refresh_token_fp)::INTEGER AS forks FROM tt_member WHERE forked GROUP BY root
+    SELECT m.root, count(DISTINCT e.old_refresh_token_fp)::INTEGER AS forks
+    FROM tt_member m JOIN tt_ev e ON e.n = m.n WHERE m.forked GROUP BY m.root
 ), agg AS (
     SELECT root, count(*)::INTEGER AS events, sum(deliveries)::INTEGER AS deliveries,
-           count(*) FILTER (notification_type = 'refresh')::INTEGER AS refreshes,
+           count(*) FILTER (is_refresh)::INTEGER AS refreshes,
            count(*) FILTER (interval_s > $ttl)::INTEGER AS late_refreshes,
            count(*) FILTER (interval_s < $ttl / 2)::INTEGER AS early_refreshes,
            count(*) FILTER (first_seen IS NULL)::INTEGER AS untimed_events,
            min(first_seen) AS first_seen, max(first_seen) AS last_seen,
-           -- the refresh token of the last event in time (an untimed event has no place in time)
-           arg_max(refresh_token_fp, (first_seen, event_id)) FILTER (first_seen IS NOT NULL) AS last_refresh_fp
+           -- the last event in time (an untimed event has no place in time); its refresh token is fetched below
+           arg_max(n, (first_seen, event_id)) FILTER (first_seen IS NOT NULL) AS last_n
     FROM tt_member GROUP BY root
 ), base AS (
-    SELECT a.*, coalesce(f.forks, 0) AS forks, r.event_id AS chain_id, r.notification_type AS root_type,
+    SELECT a.*, coalesce(f.forks, 0) AS forks, l.last_refresh_fp, r.event_id AS chain_id,
+           r.notification_type AS root_type,
            r.notification_type = 'refresh' AS orphan,
            CASE WHEN r.notification_type = 'refresh' THEN r.old_refresh_token_fp END AS unknown_parent_fp,
            CASE WHEN r.notification_type = 'new' THEN coalesce(r.identity, m.identity) END AS identity,
            r.event_id IN (SELECT event_id FROM tt_cycle_roots) AS cycle_broken,
            date_diff('microsecond', a.first_seen, a.last_seen) / 1e6 AS span_s
     FROM agg a JOIN tt_ev r ON r.n = a.root LEFT JOIN fork_counts f ON f.root = a.root
+    LEFT JOIN (SELECT n, refresh_token_fp AS last_refresh_fp FROM tt_ev) l ON l.n = a.last_n
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
 ), relogin AS (

@@ -208,6 +208,8 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         if not learned:
             sample = table.filter(pa.compute.is_null(table.column("err"))).column("raw").slice(0, 500)
             layout, learned = learn_layout(sample.to_pylist()), True
+        # DuckDB's Arrow scan hands out one record batch per thread: slices (no copy) let every thread work
+        table = pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_CHUNK_ROWS), table.schema)
         if layout is not None:
             _on_batch(cur, f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params, table)
             # Only this batch's rows (its record numbers; zone maps skip the rest of the stage): how many the
@@ -262,6 +264,8 @@ def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: Fi
         report.records += len(table)
     _count_staged(cur, source_id, report)
 
+
+SCAN_CHUNK_ROWS = 8192
 
 # The batch reaches SQL through DuckDB's replacement scan of the calling frame's local variables: the
 # parameter `tt_batch` (or `tt_slow`) below. `cur.register()` would work too, but inside a transaction the
@@ -385,13 +389,20 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR)")
     if sources:
         cur.executemany("INSERT INTO tt_sources VALUES (?, ?)", [(sid, name) for sid, name, _ in sources])
+    # Events with more than one row in the stage (Tyk's retries, overlapping exports): a few percent. Only
+    # their rows need grouping below; a delivery can only repeat inside one of them.
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE tt_multi AS "
+        "SELECT event_id FROM stage WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1"
+    )
     # New deliveries: the first occurrence in this run of a delivery the store does not hold yet. Repeats
     # inside one run are rare (overlapping exports), so only they pay for finding the first occurrence.
     cur.execute(
         """
         CREATE OR REPLACE TEMP TABLE tt_dup AS
         SELECT delivery_id, min(source_id::BIGINT * 1099511627776 + record_no) AS pos
-        FROM stage WHERE reason IS NULL GROUP BY delivery_id HAVING count(*) > 1
+        FROM stage SEMI JOIN tt_multi USING (event_id)
+        WHERE reason IS NULL GROUP BY delivery_id HAVING count(*) > 1
         """
     )
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
@@ -439,17 +450,25 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
     )
     # the events this run added or changed, for an incremental lineage update
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
-    for t in ("tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
+    for t in ("tt_multi", "tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
+# The events of the stage's rows: an event with one row is that row (no hash table for millions of
+# groups); only the events of `tt_multi` are aggregated.
 _NEW_EVENTS = """
+SELECT event_id, notification_type, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp,
+       received_at AS first_seen, received_at AS last_seen, 1::INTEGER AS deliveries, identity
+FROM stage ANTI JOIN tt_multi USING (event_id)
+WHERE reason IS NULL
+UNION ALL
 SELECT event_id, any_value(notification_type) AS notification_type,
        any_value(auth_code_fp) AS auth_code_fp, any_value(access_token_fp) AS access_token_fp,
        any_value(refresh_token_fp) AS refresh_token_fp, any_value(old_refresh_token_fp) AS old_refresh_token_fp,
        min(received_at) AS first_seen, max(received_at) AS last_seen, count(*)::INTEGER AS deliveries,
        arg_min(identity, coalesce(received_at, TIMESTAMP '9999-12-31')) FILTER (identity IS NOT NULL) AS identity
-FROM stage WHERE reason IS NULL GROUP BY event_id
+FROM stage SEMI JOIN tt_multi USING (event_id)
+WHERE reason IS NULL GROUP BY event_id
 """
 
 

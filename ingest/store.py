@@ -120,9 +120,9 @@ class Store:
             raise StoreError(f"cannot open the database {path}: {e}") from e
         con.execute("SET TimeZone = 'UTC'")
         if not read_only:
-            # DICT_FSST (DuckDB >= 1.3) finds little to share in random fingerprints and ids, yet trying it
-            # made writing them 3-4x slower (most of the cost of writing `events` and `lineage`); without it
-            # they are stored with FSST or plain, and a database is about 1.5x larger.
+            # DICT_FSST (DuckDB >= 1.3) packs the random fingerprints and ids tightly, but writing them with
+            # it is 3-4x slower (most of the cost of writing `events` and `lineage`). Without it an ingest is
+            # faster and the database about 1.9x larger (1M lines: 250 MB instead of 133 MB).
             with contextlib.suppress(duckdb.Error):  # a DuckDB without that method: nothing to disable
                 con.execute("SET disabled_compression_methods = 'dict_fsst'")
             con.execute(SCHEMA)
