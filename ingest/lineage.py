@@ -67,10 +67,10 @@ WHERE parent IN (SELECT parent FROM tt_link WHERE parent IS NOT NULL GROUP BY pa
 UNION ALL
 SELECT e.n FROM tt_ev e SEMI JOIN tt_orphan_roots o ON o.n = e.n
 WHERE e.old_refresh_token_fp IN (
-    -- counted over all events, not only those being linked: in an incremental update (`update`) the other
+    -- counted over all events (`events`, which in a full rebuild is `tt_ev`): in an incremental update the other
     -- presenter of an unissued token may be the root of a chain that is not recomputed. Every presenter of a
     -- token without an issuer is an orphan root, so all refresh events presenting it are the ones to count.
-    SELECT old_refresh_token_fp FROM events
+    SELECT old_refresh_token_fp FROM {all_events}
     WHERE notification_type = 'refresh'
       AND old_refresh_token_fp IN (SELECT e2.old_refresh_token_fp FROM tt_ev e2 SEMI JOIN tt_orphan_roots o2 ON o2.n = e2.n)
     GROUP BY old_refresh_token_fp HAVING count(*) >= 2
@@ -246,7 +246,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
     cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
     cur.execute(_LINK)
-    cur.execute(_FORKED)
+    cur.execute(_FORKED.format(all_events="events" if scoped else "tt_ev"))
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
     rounds = _resolve(cur)
     assigned = time.perf_counter() - t0  # every event has its chain: the connected-components part

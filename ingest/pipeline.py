@@ -162,7 +162,7 @@ def ingest(
         if progress:
             progress("merging", total, total)
         t0 = time.perf_counter()
-        _merge(cur, run_id, sources)
+        _merge(cur, run_id, sources, keep_changed=incremental)
         phases["merge"] = time.perf_counter() - t0
 
         if progress:
@@ -384,7 +384,7 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
 
 # -- merge ---------------------------------------------------------------------------------------------------
 
-def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None:
+def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], *, keep_changed: bool = False) -> None:
     """Fold the stage into the store: new deliveries, their events, the quarantine. One pass each."""
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR)")
     if sources:
@@ -449,7 +449,8 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]]) -> None
         {"run_id": run_id},
     )
     # the events this run added or changed, for an incremental lineage update
-    cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
+    if keep_changed:  # for lineage.update (live applies: a small stage)
+        cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
     for t in ("tt_multi", "tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
