@@ -269,3 +269,29 @@ def test_uploads_and_live_applies_share_the_one_writer(tmp_path):
     assert not errors and follower.last_error is None
     s = summary(store)
     assert (s["deliveries"], s["events"], s["chains"], s["orphan_chains"]) == (370, 370, 14, 0)
+
+
+def test_summary_says_when_live_deliveries_wait_in_the_spool(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.live_support import ROOT
+
+    db = tmp_path / "n.duckdb"
+    Store.open(db).close()
+    rec = Recorder(spool_dir_for(db), Store.open(db, read_only=True).key)
+    _record_all(rec, _chain_bodies(3, "n"))
+    rec.close()
+
+    def summary_cli() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tokentrail", "summary", "--db", str(db), "--json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    r = summary_cli()
+    assert json.loads(r.stdout)["deliveries"] == 0
+    assert "3 live deliveries" in r.stderr and "tokentrail follow" in r.stderr
+    store = Store.open(db)
+    apply_spool(store)
+    store.close()
+    r = summary_cli()
+    assert json.loads(r.stdout)["deliveries"] == 3 and "live deliveries" not in r.stderr

@@ -192,11 +192,22 @@ def cmd_summary(args, db: Path) -> int:
 
     store = _open_store(db, must_exist=True)
     data = summary(store)
+    _note_pending_live(store, db)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         _table(["metric", "value"], [[k, "-" if v is None else v] for k, v in data.items()])
     return 0
+
+
+def _note_pending_live(store, db: Path) -> None:
+    """A receiver may have recorded deliveries that no writer has applied yet: say so (on stderr)."""
+    from queries.live import spool_snapshot
+
+    snap = spool_snapshot(store)
+    if snap.exists and snap.pending:
+        print(f"note: {snap.pending} live deliveries recorded by `tokentrail receive` are not in these figures "
+              f"yet; open the dashboard or run: tokentrail follow --once --db {db}", file=sys.stderr)
 
 
 def cmd_chains(args, db: Path) -> int:
