@@ -278,8 +278,9 @@ def test_summary_says_when_live_deliveries_wait_in_the_spool(tmp_path):
     from tests.live_support import ROOT
 
     db = tmp_path / "n.duckdb"
-    Store.open(db).close()
-    rec = Recorder(spool_dir_for(db), Store.open(db, read_only=True).key)
+    from ingest.store import load_key
+
+    rec = Recorder(spool_dir_for(db), load_key(db))  # as the receiver does: the key, never the database
     _record_all(rec, _chain_bodies(3, "n"))
     rec.close()
 
