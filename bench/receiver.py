@@ -10,6 +10,7 @@ checks that the store holds exactly the deliveries that were answered 200: zero 
 
     .venv/bin/python bench/receiver.py                         # steps 500,1000,2000,3000 /s, 10 s each
     .venv/bin/python bench/receiver.py --rates 1000 --seconds 30
+    .venv/bin/python bench/receiver.py --relay        # relay mode, to a stand-in service answering 200
 
 Target (issue 4): at least 1,000 notifications/s sustained with p99 under 50 ms, zero lost. Results go to
 bench/out/receiver-results.json. The load generator shares the 2-core machine with the receiver; its own CPU
@@ -121,7 +122,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each step")
     ap.add_argument("--connections", type=int, default=32, help="keep-alive connections (Tyk's goroutines)")
     ap.add_argument("--keep-going", action="store_true", help="run every step even after a miss")
+    ap.add_argument("--relay", action="store_true", help="relay mode: --forward to a stand-in service (uvicorn, 200)")
+    ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_upstream:
+        return _serve_upstream(args.serve_upstream)
 
     from ingest.store import Store
     from live.follower import apply_spool
@@ -133,8 +138,14 @@ def main() -> int:
     port = free_port()
     env = dict(os.environ, TOKENTRAIL_SHARED_SECRET=SECRET)
     log = open(work / "receiver.log", "wb")  # noqa: SIM115 - closed at the end
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrail", "receive", "--db", str(db), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    extra, upstream = [], None
+    if args.relay:
+        up_port = free_port()
+        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)], cwd=ROOT,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        extra = ["--forward", f"http://127.0.0.1:{up_port}/notify"]
+    proc = subprocess.Popen([sys.executable, "-m", "tokentrail", "receive", "--db", str(db), "--port", str(port),
+                             *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
     deadline = time.monotonic() + 30
@@ -158,7 +169,10 @@ def main() -> int:
     server = psutil.Process(proc.pid)
     me = psutil.Process()
     steps, sent_ok = [], 0
-    print(f"receiver pid {proc.pid} on 127.0.0.1:{port}; {os.cpu_count()} cores; "
+    if args.relay:
+        time.sleep(1.0)  # the stand-in service starts in parallel; the first request would find it down
+    print(("relay mode: every delivery is forwarded to a stand-in service on this machine\n" if args.relay else "")
+          + f"receiver pid {proc.pid} on 127.0.0.1:{port}; {os.cpu_count()} cores; "
           f"{args.connections} keep-alive connections; {args.seconds:g} s per step")
     print(f"{'offered/s':>9} {'achieved/s':>10} {'200s':>7} {'other':>6} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7} {'recv cpu%':>9} {'load cpu%':>9}  result")
@@ -184,6 +198,9 @@ def main() -> int:
     rss_mb = server.memory_info().rss / 1e6
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
+    if upstream is not None:
+        upstream.terminate()
+        upstream.wait(30)
     log.close()
 
     t0 = time.perf_counter()
@@ -208,9 +225,25 @@ def main() -> int:
               f"(target >= {TARGET_RATE}/s, p99 < {TARGET_P99_MS:g} ms, zero lost): {'PASS' if verdict else 'MISS'}")
     else:
         print("no step kept up: MISS")
-    (OUT / "receiver-results.json").write_text(json.dumps(
-        {"steps": steps, "answered_200": sent_ok, "stored_deliveries": deliveries, "lost": lost,
+    (OUT / ("receiver-relay-results.json" if args.relay else "receiver-results.json")).write_text(json.dumps(
+        {"relay": args.relay, "steps": steps, "answered_200": sent_ok, "stored_deliveries": deliveries, "lost": lost,
          "apply_seconds": apply_s, "receiver_rss_mb": rss_mb, "pass": verdict}, indent=2))
+    return 0
+
+
+def _serve_upstream(port: int) -> int:
+    """The user's own service, for relay mode: answers every POST with 200 (uvicorn, one process)."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     return 0
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pandas as pd
 
 from ingest.formats import ReadError, open_sources
@@ -101,19 +101,19 @@ async def replay(
     limit = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def send(client: httpx.AsyncClient, body: bytes) -> None:
+    async def send(client: aiohttp.ClientSession, body: bytes) -> None:
         nonlocal done
         for attempt in range(attempts):
             if attempt:
                 report.retried += 1
                 await asyncio.sleep(retry_wait)
             try:
-                async with limit:
-                    r = await client.post(url, content=body, headers=headers)
-                outcome = str(r.status_code)
-            except httpx.TimeoutException:
+                async with limit, client.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    outcome = str(r.status)
+            except TimeoutError:
                 outcome = "timeout"
-            except httpx.HTTPError:
+            except aiohttp.ClientError:
                 outcome = "error"
             report.statuses[outcome] += 1
             if outcome == "200":
@@ -125,7 +125,11 @@ async def replay(
         if progress:
             progress(done, len(bodies))
 
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        skip_auto_headers=("User-Agent",),
+    ) as client:
         tasks = []
         for i, body in enumerate(bodies):
             if rate > 0:
