@@ -57,7 +57,9 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(settings: ReceiverSettings) -> Starlette:
+def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> Starlette:
+    """The receiver app. `recorder`: one made beforehand (the CLI makes it first, so that a spool another
+    receiver holds is a clear error before the server starts); else the app makes its own at startup."""
     if not settings.secret:
         raise ValueError("a shared secret is required")
     secret = settings.secret.encode()
@@ -73,7 +75,7 @@ def create_app(settings: ReceiverSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["recorder"] = Recorder(settings.spool, settings.key, segment_bytes=settings.segment_bytes)
+        state["recorder"] = recorder or Recorder(settings.spool, settings.key, segment_bytes=settings.segment_bytes)
         if settings.forward:
             # aiohttp's client: with httpx's async client relay mode was CPU-bound at ~430 deliveries/s on
             # 2 cores; with this one it sustains 2,000/s (bench/receiver.py --relay)

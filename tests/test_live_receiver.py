@@ -178,3 +178,13 @@ def test_a_killed_receiver_loses_nothing_it_acknowledged(tmp_path):
 def test_both_notification_paths(tmp_path, path):
     with receiver(tmp_path / "p.duckdb") as rx:
         assert rx.post(notification(0, kind="new"), path=path).status_code == 200
+
+
+def test_a_second_receiver_on_the_same_database_is_refused_clearly(tmp_path):
+    db = tmp_path / "one.duckdb"
+    with receiver(db):
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TOKENTRAIL_SHARED_SECRET": SECRET}
+        r = subprocess.run([sys.executable, "-m", "tokentrail", "receive", "--db", str(db), "--port", "0"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "another tokentrail receiver is already writing" in r.stderr and "Traceback" not in r.stderr

@@ -305,16 +305,24 @@ def cmd_receive(args, db: Path) -> int:
     spool = spool_dir_for(db)
     settings = ReceiverSettings(spool=spool, key=key, secret=secret, forward=args.forward,
                                 forward_timeout=args.forward_timeout, max_body=args.max_body)
-    app = create_app(settings)
+    from live.recorder import Recorder
+
+    try:
+        recorder = Recorder(spool, key)  # takes the spool's lock: one receiver per database
+    except SpoolError as e:
+        raise _UserError(str(e)) from e
+    app = create_app(settings, recorder)
     print(f"tokentrail receiver: http://{args.host}:{args.port}/ (and /tyk/notify), metrics at /metrics; "
           f"spool {spool}" + (f"; relaying to {args.forward}" if args.forward else ""), file=sys.stderr)
     print("deliveries reach the database through its writer: the dashboard (tokentrail serve) or tokentrail follow",
           file=sys.stderr)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                    loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=15)
-    except SpoolError as e:
-        raise _UserError(str(e)) from e
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                            loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=15)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # e.g. the port is taken: uvicorn has said why
+        recorder.close()
+        raise _UserError(f"the receiver could not start on {args.host}:{args.port}")
     return 0
 
 
