@@ -56,7 +56,13 @@ class ReceiverMetrics:
         for reason in ("status", "timeout", "unreachable"):  # present from the start, so alerts see a 0
             self.relay_failures.labels(reason)
         self.deliveries.labels("200")
-        r.register(_StoreCollector(spool, recorder_lines))
+        self._store = _StoreCollector(spool, recorder_lines)
+        r.register(self._store)
+
+    def lag_now(self) -> int:
+        """Deliveries recorded but not yet applied to the store (as /metrics reports them)."""
+        state = read_state(self._store.spool) or {}
+        return int(self._store._lag(state.get("cursor") or {})[0])
 
 
 class _StoreCollector:

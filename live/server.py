@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -51,6 +52,7 @@ class ReceiverSettings:
     forward_timeout: float = DEFAULT_FORWARD_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     segment_bytes: int | None = None
+    report_every: float = 60.0  # seconds between one-line activity reports in the log (0: none)
 
 
 class _TooLarge(Exception):
@@ -85,12 +87,29 @@ def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> 
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
             )
+        reporter = asyncio.create_task(_report()) if settings.report_every > 0 else None
         try:
             yield
         finally:
+            if reporter is not None:
+                reporter.cancel()
             if "client" in state:
                 await state["client"].close()
             state.pop("recorder").close()
+
+    async def _report() -> None:
+        """A line in the log every `report_every` seconds when something happened: what was answered, what
+        waits in the spool. (Per-delivery access logs would cost more than the deliveries at 1,000/s.)"""
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(settings.report_every)
+            counts = {s.labels["status"]: s.value for s in _samples(metrics.deliveries) if s.name.endswith("_total")}
+            delta = {k: int(v - last.get(k, 0)) for k, v in counts.items() if v - last.get(k, 0)}
+            last = counts
+            if delta:
+                answered = ", ".join(f"{k}: {v}" for k, v in sorted(delta.items()))
+                lag = metrics.lag_now()
+                log.info("last %ds: answered %s; spool lag %d deliveries", settings.report_every, answered, lag)
 
     async def notify(request: Request) -> Response:
         started = time.perf_counter()
@@ -164,6 +183,11 @@ def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics
     return app
+
+
+def _samples(metric):
+    for family in metric.collect():
+        yield from family.samples
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -188,3 +188,36 @@ def test_a_second_receiver_on_the_same_database_is_refused_clearly(tmp_path):
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "another tokentrail receiver is already writing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_receiver_logs_a_line_of_activity(tmp_path, caplog):
+    """Instead of an access log (too costly at 1,000/s), one line per period with what was answered."""
+    import logging
+    import secrets
+
+    import uvicorn
+
+    from live.server import ReceiverSettings, create_app
+    from tests.browser_support import free_port
+
+    app = create_app(ReceiverSettings(spool=tmp_path / "a.spool", key=secrets.token_hex(16), secret=SECRET,
+                                      report_every=0.2))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="tokentrail.receiver"):
+        thread.start()
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(3):
+            assert httpx.post(url, json=notification(i, kind="new"), headers={"X-Tyk-Shared-Secret": SECRET}).status_code == 200
+        assert httpx.post(url, json={}, headers={"X-Tyk-Shared-Secret": "no"}).status_code == 401
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("answered" in r.message for r in caplog.records):
+            time.sleep(0.05)
+        server.should_exit = True
+        thread.join(20)
+    lines = [r.message for r in caplog.records if "answered" in r.message]
+    assert lines and "200: 3" in lines[0] and "401: 1" in lines[0] and "spool lag 3 deliveries" in lines[0]

@@ -316,6 +316,9 @@ def cmd_receive(args, db: Path) -> int:
           f"spool {spool}" + (f"; relaying to {args.forward}" if args.forward else ""), file=sys.stderr)
     print("deliveries reach the database through its writer: the dashboard (tokentrail serve) or tokentrail follow",
           file=sys.stderr)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=15)
     server = uvicorn.Server(config)
