@@ -14,7 +14,6 @@ so the receiver itself never opens the database.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 import time
@@ -32,7 +31,6 @@ from live.spool import (
     Cursor,
     cursor_after,
     read_pending,
-    read_state,
     remove_applied,
     spool_dir_for,
     write_state,
@@ -128,34 +126,16 @@ def publish_state(store: Store, spool: Path, cursor: Cursor) -> None:
         "SELECT count(*), count(*) FILTER (orphan), coalesce(sum(forks), 0) FROM chains"
     ).fetchall()[0]
     rejected = cur.execute("SELECT count(*) FROM quarantine").fetchall()[0][0]
-    applied_record = _last_record_no(spool, cursor)
     write_state(
         spool,
         {
-            "cursor": {"segment": cursor.segment, "offset": cursor.offset, "record_no": applied_record},
+            "cursor": {"segment": cursor.segment, "offset": cursor.offset},
             "store": {
                 "deliveries": deliveries, "events": events, "chains": chains, "orphan_chains": orphans,
                 "forks": int(forks), "rejected": rejected,
             },
         },
     )
-
-
-def _last_record_no(spool: Path, cursor: Cursor) -> int:
-    """The record number (line number) of the last applied line of the cursor's segment."""
-    if not cursor.segment or cursor.offset == 0:
-        return 0
-    try:
-        with open(spool / cursor.segment, "rb") as f:
-            f.seek(max(0, cursor.offset - 4096))
-            tail = f.read(min(4096, cursor.offset))
-    except FileNotFoundError:
-        return 0
-    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
-    try:
-        return int(json.loads(lines[-1])["record_no"])
-    except (ValueError, KeyError, TypeError):
-        return 0
 
 
 class Follower:
@@ -167,7 +147,6 @@ class Follower:
         self.interval = interval
         self.on_apply = on_apply
         self.last_error: str | None = None
-        self.applied_total = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tokentrail-follower", daemon=True)
 
@@ -193,15 +172,7 @@ class Follower:
                 continue
             self.last_error = None
             if applied:
-                self.applied_total += applied.deliveries
                 # a large store makes each apply (its lineage rebuild) longer: do not apply back to back
                 wait = max(self.interval, applied.seconds)
                 if self.on_apply:
                     self.on_apply(applied)
-
-
-def spool_status(spool: Path) -> dict | None:
-    """For pages: the writer's last published state, or None when no receiver ever wrote here."""
-    if not spool.exists():
-        return None
-    return read_state(spool) or {}

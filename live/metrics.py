@@ -7,14 +7,12 @@ the spool (`live.follower.publish_state`), read at scrape time: the receiver nev
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
-from live.spool import count_lines, read_state, segments
+from live.spool import Cursor, SpoolSnapshot, read_state, snapshot
 
 disable_created_metrics()  # the *_created samples only add noise to a scrape
 
@@ -22,7 +20,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class ReceiverMetrics:
-    def __init__(self, spool: Path, recorder_lines=lambda: (None, 0)):
+    def __init__(self, spool: Path):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.deliveries = Counter(
@@ -56,13 +54,12 @@ class ReceiverMetrics:
         for reason in ("status", "timeout", "unreachable"):  # present from the start, so alerts see a 0
             self.relay_failures.labels(reason)
         self.deliveries.labels("200")
-        self._store = _StoreCollector(spool, recorder_lines)
+        self._store = _StoreCollector(spool)
         r.register(self._store)
 
     def lag_now(self) -> int:
         """Deliveries recorded but not yet applied to the store (as /metrics reports them)."""
-        state = read_state(self._store.spool) or {}
-        return int(self._store._lag(state.get("cursor") or {})[0])
+        return self._store.snapshot().pending
 
 
 class _StoreCollector:
@@ -77,10 +74,15 @@ class _StoreCollector:
         "rejected": "Records in the quarantine",
     }
 
-    def __init__(self, spool: Path, recorder_lines):
+    def __init__(self, spool: Path):
         self.spool = spool
-        self.recorder_lines = recorder_lines  # () -> (current segment name, its complete lines)
-        self._closed_lines: dict[str, int] = {}  # line counts of closed segments (immutable)
+
+    def snapshot(self, state: dict | None = None) -> SpoolSnapshot:
+        """The spool against the cursor the writer last published (the receiver cannot read the store's)."""
+        if state is None:
+            state = read_state(self.spool) or {}
+        cursor = state.get("cursor") or {}
+        return snapshot(self.spool, Cursor(cursor.get("segment", ""), int(cursor.get("offset", 0) or 0)))
 
     def describe(self):
         return []
@@ -93,7 +95,8 @@ class _StoreCollector:
             if name in store:
                 g.add_metric([], float(store[name]))
             yield g
-        lag, oldest = self._lag(state.get("cursor") or {})
+        snap = self.snapshot(state)
+        lag, oldest = snap.pending, snap.oldest_pending_s or 0.0
         yield GaugeMetricFamily(
             "tokentrail_spool_lag_deliveries",
             "Deliveries recorded in the spool but not yet applied to the store by its writer", value=lag,
@@ -109,47 +112,3 @@ class _StoreCollector:
         if "updated_at" in state:
             g.add_metric([], float(state["updated_at"]))
         yield g
-
-    def _lag(self, cursor: dict) -> tuple[float, float]:
-        seg_name, applied = cursor.get("segment", ""), int(cursor.get("record_no", 0) or 0)
-        offset = int(cursor.get("offset", 0) or 0)
-        current, current_lines = self.recorder_lines()
-        present = segments(self.spool)
-        for gone in set(self._closed_lines) - {p.name for p in present}:
-            del self._closed_lines[gone]
-        lag = 0
-        first_pending: tuple[Path, int] | None = None
-        for seg in present:
-            if seg.name < seg_name:
-                continue
-            if seg.name == current:
-                total = current_lines
-            else:
-                if seg.name not in self._closed_lines:
-                    self._closed_lines[seg.name] = count_lines(seg)
-                total = self._closed_lines[seg.name]
-            pending = total - (applied if seg.name == seg_name else 0)
-            if pending > 0:
-                lag += pending
-                if first_pending is None:
-                    first_pending = (seg, offset if seg.name == seg_name else 0)
-        oldest = 0.0
-        if first_pending is not None:
-            oldest = _age_of_line(*first_pending)
-        return float(lag), oldest
-
-
-def _age_of_line(seg: Path, offset: int) -> float:
-    try:
-        with open(seg, "rb") as f:
-            f.seek(offset)
-            line = f.readline()
-        received = json.loads(line).get("received_at")
-    except (OSError, ValueError, AttributeError):
-        return 0.0
-    if not received:
-        return 0.0
-    from datetime import datetime
-
-    t = datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp()
-    return max(0.0, time.time() - t)

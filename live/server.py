@@ -67,13 +67,7 @@ def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> 
     secret = settings.secret.encode()
     state: dict = {}
 
-    def recorder_lines():
-        rec: Recorder | None = state.get("recorder")
-        if rec is None or rec.writer.segment is None:
-            return None, 0
-        return rec.writer.segment.name, rec.writer.lines
-
-    metrics = ReceiverMetrics(settings.spool, recorder_lines)
+    metrics = ReceiverMetrics(settings.spool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -211,6 +211,81 @@ def remove_applied(spool: Path, cursor: Cursor) -> int:
     return removed
 
 
+# -- what waits in the spool (the receiver's /metrics, the dashboard's Live page and badge, `summary`) ---------
+
+RECEIVING_S = 120  # a receiver counts as receiving while its newest segment was written this recently
+_EXACT_BYTES = 16 * 1024 * 1024  # backlogs up to this size are counted line by line, larger ones estimated
+
+
+@dataclass(frozen=True)
+class SpoolSnapshot:
+    exists: bool  # a receiver has used this spool
+    segments: int = 0
+    bytes: int = 0
+    last_write: float | None = None  # epoch seconds: when the receiver last recorded a delivery (segment mtime)
+    pending: int = 0  # deliveries recorded but not yet applied to the store
+    pending_estimated: bool = False  # `pending` estimated from the byte count (a very long backlog)
+    oldest_pending_s: float | None = None  # age of the oldest unapplied delivery
+    applied_at: float | None = None  # epoch seconds: the writer's last published apply
+
+    def receiving(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.last_write is not None and now - self.last_write < RECEIVING_S
+
+
+def snapshot(spool: Path, cursor: Cursor) -> SpoolSnapshot:
+    """The spool against a cursor (the store's own, or the one its writer last published). Reads file sizes
+    and only the unapplied tail, so it is cheap enough for every scrape and every auto-refresh tick."""
+    if not spool.exists():
+        return SpoolSnapshot(exists=False)
+    segs, total, last_write = 0, 0, None
+    parts: list[tuple[Path, int, int]] = []  # (segment, from offset, pending bytes)
+    for seg in segments(spool):
+        try:
+            st = seg.stat()
+        except FileNotFoundError:  # applied and removed meanwhile
+            continue
+        segs += 1
+        total += st.st_size
+        if st.st_size:  # a receiver opens an empty segment at start: that is not a delivery
+            last_write = st.st_mtime if last_write is None else max(last_write, st.st_mtime)
+        if seg.name < cursor.segment:
+            continue
+        start = cursor.offset if seg.name == cursor.segment else 0
+        if st.st_size > start:
+            parts.append((seg, start, st.st_size - start))
+    pending_bytes = sum(n for _, _, n in parts)
+    estimated = pending_bytes > _EXACT_BYTES
+    if estimated:
+        seg, start, _ = parts[0]
+        with open(seg, "rb") as f:
+            f.seek(start)
+            sample = f.read(1 << 20)
+        pending = round(pending_bytes / (len(sample) / max(1, sample.count(b"\n"))))
+    else:
+        pending = sum(count_lines(seg, start) for seg, start, _ in parts)
+    state = read_state(spool) or {}
+    return SpoolSnapshot(
+        exists=True, segments=segs, bytes=total, last_write=last_write, pending=pending,
+        pending_estimated=estimated, oldest_pending_s=_age_of_line(*parts[0][:2]) if pending else None,
+        applied_at=state.get("updated_at"),
+    )
+
+
+def _age_of_line(seg: Path, offset: int) -> float | None:
+    """Seconds since the delivery of the spool line at `offset` was received."""
+    try:
+        with open(seg, "rb") as f:
+            f.seek(offset)
+            received = json.loads(f.readline()).get("received_at")
+        t = datetime.fromisoformat(received.replace("Z", "+00:00"))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return max(0.0, time.time() - t.timestamp())
+
+
 def count_lines(path: Path, start: int = 0) -> int:
     n = 0
     with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:

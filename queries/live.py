@@ -17,22 +17,19 @@ unapplied tail, so it is cheap enough to call on every auto-refresh tick (it is 
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from ingest.store import Store
 from live.follower import CURSOR_KEY
-from live.spool import Cursor, count_lines, read_state, segments, spool_dir_for
+from live.spool import RECEIVING_S as RECEIVING_S  # re-exported for the page
+from live.spool import Cursor, SpoolSnapshot, snapshot, spool_dir_for
 from queries.overview import _in_range, _range
 from queries.summary import SHORT_FP
 
 MAX_RECENT = 200
-RECEIVING_S = 120  # the receiver counts as receiving while its newest segment was written this recently
 
 _LIVE = "starts_with(source, 'live:')"
 
@@ -182,84 +179,7 @@ def recent_rejected(
 
 # -- the spool (files, not SQL) --------------------------------------------------------------------------------
 
-# Pending tails up to this size are counted line by line; a larger backlog is estimated from its byte count.
-_EXACT_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SpoolSnapshot:
-    exists: bool  # a receiver has used this database's spool
-    segments: int = 0
-    bytes: int = 0
-    last_write: float | None = (
-        None  # epoch seconds: when the receiver last recorded a delivery (segment mtime)
-    )
-    pending: int = 0  # deliveries recorded but not yet applied to the store
-    pending_estimated: bool = False  # `pending` estimated from the byte count (a very long backlog)
-    oldest_pending_s: float | None = None  # age of the oldest unapplied delivery
-    applied_at: float | None = None  # epoch seconds: the writer's last published apply
-
-    def receiving(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        return self.last_write is not None and now - self.last_write < RECEIVING_S
-
 
 def spool_snapshot(store: Store, spool: Path | None = None) -> SpoolSnapshot:
     """The spool of `store` against the store's own cursor (which commits with the data it covers)."""
-    spool = spool or spool_dir_for(store.path)
-    if not spool.exists():
-        return SpoolSnapshot(exists=False)
-    cursor = Cursor.from_json(store.get_meta(CURSOR_KEY))
-    segs, total, last_write = [], 0, None
-    pending_parts: list[tuple[Path, int, int]] = []  # (segment, from offset, pending bytes)
-    for seg in segments(spool):
-        try:
-            st = seg.stat()
-        except FileNotFoundError:  # applied and removed meanwhile
-            continue
-        segs.append(seg)
-        total += st.st_size
-        if st.st_size:  # a receiver opens an empty segment at start: that is not a delivery
-            last_write = st.st_mtime if last_write is None else max(last_write, st.st_mtime)
-        if seg.name < cursor.segment:
-            continue
-        start = cursor.offset if seg.name == cursor.segment else 0
-        if st.st_size > start:
-            pending_parts.append((seg, start, st.st_size - start))
-    pending_bytes = sum(n for _, _, n in pending_parts)
-    estimated = pending_bytes > _EXACT_BYTES
-    if estimated:
-        seg, start, _ = pending_parts[0]
-        with open(seg, "rb") as f:
-            f.seek(start)
-            sample = f.read(1 << 20)
-        per_line = len(sample) / max(1, sample.count(b"\n"))
-        pending = round(pending_bytes / per_line)
-    else:
-        pending = sum(count_lines(seg, start) for seg, start, _ in pending_parts)
-    oldest = _age_of_first_line(*pending_parts[0][:2]) if pending and pending_parts else None
-    state = read_state(spool) or {}
-    return SpoolSnapshot(
-        exists=True,
-        segments=len(segs),
-        bytes=total,
-        last_write=last_write,
-        pending=pending,
-        pending_estimated=estimated,
-        oldest_pending_s=oldest,
-        applied_at=state.get("updated_at"),
-    )
-
-
-def _age_of_first_line(seg: Path, offset: int) -> float | None:
-    try:
-        with open(seg, "rb") as f:
-            f.seek(offset)
-            line = f.readline()
-        received = json.loads(line).get("received_at")
-        t = datetime.fromisoformat(received.replace("Z", "+00:00"))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return max(0.0, time.time() - t.timestamp())
+    return snapshot(spool or spool_dir_for(store.path), Cursor.from_json(store.get_meta(CURSOR_KEY)))
