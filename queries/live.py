@@ -26,7 +26,7 @@ from ingest.store import Store
 from live.follower import CURSOR_KEY
 from live.spool import RECEIVING_S as RECEIVING_S  # re-exported for the page
 from live.spool import Cursor, SpoolSnapshot, snapshot, spool_dir_for
-from queries.overview import _in_range, _range
+from queries.overview import _in_range, _range, bucket_grid
 from queries.summary import SHORT_FP
 
 MAX_RECENT = 200
@@ -78,14 +78,7 @@ times AS (
     UNION ALL
     SELECT applied_at FROM rejected WHERE {_in_range("applied_at")}
 ),
-bounds AS (
-    SELECT coalesce($start::TIMESTAMP, (SELECT min(t) FROM times)) AS lo,
-           coalesce($end::TIMESTAMP - INTERVAL 1 MICROSECOND, (SELECT max(t) FROM times)) AS hi
-),
-buckets AS (
-    SELECT unnest(generate_series(time_bucket($bucket::INTERVAL, lo), hi, $bucket::INTERVAL)) AS bucket
-    FROM bounds WHERE lo IS NOT NULL AND hi IS NOT NULL AND lo <= hi
-),
+{bucket_grid("(SELECT min(t) FROM times)", "(SELECT max(t) FROM times)")},
 dl AS (
     SELECT time_bucket($bucket::INTERVAL, received_at) AS bucket,
            count(*) FILTER (upstream_status = 200) AS accepted,

@@ -67,18 +67,24 @@ SELECT (SELECT count(*) FROM chains WHERE end_state = 'active') AS active_sessio
 FROM ev, dl, started, ended
 """
 
-# One row per bucket of the range, every bucket present (zero when nothing happened), so sparklines and
-# panels have an honest time axis.
-_SERIES = f"""
-WITH {_FORKS},
-bounds AS (
-    SELECT coalesce($start::TIMESTAMP, (SELECT min(first_seen) FROM events)) AS lo,
-           coalesce($end::TIMESTAMP - INTERVAL 1 MICROSECOND, (SELECT max(first_seen) FROM events)) AS hi
+def bucket_grid(first: str, last: str) -> str:
+    """CTEs `bounds` and `buckets`: every `$bucket` of the range `[$start, $end)`, an open side taken from the
+    SQL expressions `first` / `last` (the data's own bounds), so a series has a row for every bucket."""
+    return f"""bounds AS (
+    SELECT coalesce($start::TIMESTAMP, {first}) AS lo,
+           coalesce($end::TIMESTAMP - INTERVAL 1 MICROSECOND, {last}) AS hi
 ),
 buckets AS (
     SELECT unnest(generate_series(time_bucket($bucket::INTERVAL, lo), hi, $bucket::INTERVAL)) AS bucket
     FROM bounds WHERE lo IS NOT NULL AND hi IS NOT NULL AND lo <= hi
-),
+)"""
+
+
+# One row per bucket of the range, every bucket present (zero when nothing happened), so sparklines and
+# panels have an honest time axis.
+_SERIES = f"""
+WITH {_FORKS},
+{bucket_grid("(SELECT min(first_seen) FROM events)", "(SELECT max(first_seen) FROM events)")},
 ev AS (
     SELECT time_bucket($bucket::INTERVAL, first_seen) AS bucket,
            count(*) FILTER (notification_type = 'new') AS new_events,
