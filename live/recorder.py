@@ -24,6 +24,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +42,8 @@ from ingest.pipeline import SLOW_RELATION, locate_rows
 from live.spool import LINE_FIELDS, SpoolWriter
 
 MAX_BATCH = 2048
+log = logging.getLogger("tokentrail.receiver")
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/_=-]{16,}")  # what tt_mask (ingest.normalize) masks in excerpts
 
 
 @dataclass
@@ -113,7 +117,10 @@ class Recorder:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 receipts = self._record(batch)
-            except BaseException as e:  # the whole batch failed: none of it is acknowledged
+            except BaseException as e:  # the whole batch failed: none of it is acknowledged (503: Tyk retries)
+                # Said once per batch, and masked: an error message may quote a value of the body.
+                log.error("recording %d deliveries failed (%s: %s); they get 503 and Tyk will retry them",
+                          len(batch), type(e).__name__, _TOKEN_LIKE.sub("***", str(e))[:300])
                 for item in batch:
                     item.future.set_exception(e)
                 continue

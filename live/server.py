@@ -129,8 +129,7 @@ def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> 
 
         try:
             receipt = await state["recorder"].record(body, received_ns, upstream_status)
-        except Exception:
-            log.exception("could not record a delivery; answering 503 so that Tyk retries it")
+        except Exception:  # the recorder has logged why (masked); Tyk retries a 503
             return PlainTextResponse("could not record the delivery; retry\n", status_code=503)
         metrics.recorded.inc()
         if receipt.duplicate:

@@ -296,3 +296,22 @@ def test_summary_says_when_live_deliveries_wait_in_the_spool(tmp_path):
     store.close()
     r = summary_cli()
     assert json.loads(r.stdout)["deliveries"] == 3 and "live deliveries" not in r.stderr
+
+
+def test_a_failed_write_is_not_acknowledged_and_its_log_line_is_masked(tmp_path, caplog):
+    import logging
+
+    rec = Recorder(tmp_path / "f.spool", secrets.token_hex(16))
+    token = "Z" * 8 + secrets.token_urlsafe(24)
+
+    def disk_full(data: bytes, lines: int) -> None:
+        raise OSError(f"No space left on device (writing {token})")
+
+    rec.writer.append = disk_full
+    raw = body(auth_code="", new_oauth_token=token, refresh_token="", old_refresh_token="", notification_type="new")
+    with caplog.at_level(logging.ERROR, logger="tokentrail.receiver"), pytest.raises(OSError):
+        run_async(rec.record(raw, time.time_ns()))
+    rec.close()
+    assert "No space left on device" in caplog.text and "Tyk will retry" in caplog.text
+    assert token not in caplog.text
+    assert rec.recorded == 0
