@@ -78,7 +78,6 @@ class Recorder:
         self._recent: OrderedDict[str, None] = OrderedDict()  # event ids recently recorded (retries)
         self._dedup_window = dedup_window
         self.recorded = 0  # deliveries durably recorded by this process
-        self.last_batch = 0
         self._thread = threading.Thread(target=self._run, name="tokentrail-recorder", daemon=True)
         self._thread.start()
 
@@ -144,7 +143,6 @@ class Recorder:
             receipts.append(Receipt(rec["reason"], event_id, self._seen(event_id)))
         self.writer.append(("\n".join(lines) + "\n").encode(), len(lines))
         self.recorded += len(lines)
-        self.last_batch = len(lines)
         return receipts
 
     def _slow_rows(self, items: list[tuple[int, _Item]]) -> list[dict]:

@@ -315,3 +315,17 @@ def test_a_failed_write_is_not_acknowledged_and_its_log_line_is_masked(tmp_path,
     assert "No space left on device" in caplog.text and "Tyk will retry" in caplog.text
     assert token not in caplog.text
     assert rec.recorded == 0
+
+
+def test_segments_rotate_and_applied_ones_are_removed(tmp_path):
+    store = Store.open(tmp_path / "r.duckdb")
+    spool = spool_dir_for(store.path)
+    rec = Recorder(spool, store.key, segment_bytes=1500)  # rotates at batch boundaries: every 2 batches here
+    for k in range(6):
+        _record_all(rec, _chain_bodies(4, f"rot{k}"))
+    assert len(segments(spool)) >= 3
+    assert apply_spool(store).new_deliveries == 24
+    rec.close()
+    assert len(segments(spool)) == 1  # only the newest: a receiver may still be writing it
+    s = summary(store)
+    assert (s["deliveries"], s["chains"], s["orphan_chains"]) == (24, 6, 0)
