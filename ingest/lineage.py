@@ -5,8 +5,8 @@
   issued in the data (an orphan root).
 * chain: the tree under a root. Every event's root is found by **pointer jumping** on dense integer ids:
   each round replaces an event's ancestor pointer by its ancestor's ancestor, so a chain of depth d resolves
-  in ceil(log2 d) + 1 rounds of one hash join each, instead of d rounds of a recursive walk. Only unresolved
-  rows do work in a round.
+  in ceil(log2 d) rounds instead of d rounds of a recursive walk. The pointers live in two DuckDB lists
+  indexed by event number, so a round is one vectorised pass (`list_transform`), not a join.
 * cycles cannot happen with real tokens, but hostile or corrupt input can make two refreshes name each
   other's tokens. If a round resolves nothing, the rest is cycle-bound: each cycle is broken at its earliest
   event (which becomes an orphan root, flagged `cycle_broken`) and the jumping resumes. This fallback is
@@ -21,37 +21,42 @@ import time
 
 from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 
-# Dense integer ids: joins on integers are several times cheaper than on 32-character fingerprints.
-# Numbering needs no order: every tie-break below uses event_id, so results never depend on it.
+# Dense integer ids: joins on integers are several times cheaper than on 12-character fingerprints, and they
+# index the lists the pointer jumping works on. Numbering needs no order: every tie-break below uses event_id,
+# so results never depend on it. Only what the link needs is copied.
 _NUMBER_EVENTS = """
 CREATE OR REPLACE TEMP TABLE tt_ev AS
-SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type,
-       refresh_token_fp, old_refresh_token_fp, auth_code_fp, first_seen, deliveries, identity
+SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type = 'refresh' AS is_refresh,
+       refresh_token_fp, old_refresh_token_fp, first_seen, deliveries
 FROM events {scope}
 """
 
-# The issuer of a refresh token: the earliest event that issued it (new before refresh on a tie, then
-# event_id). An event that presents the token it issues cannot be its own parent. Tyk's refresh tokens are
-# random, so in real data a token has exactly one issuer.
+# Issuers of refresh tokens. An event that presents the token it issues cannot be its own parent.
+_ISSUERS = """
+SELECT n, event_id, first_seen, is_refresh, refresh_token_fp AS fp FROM tt_ev
+WHERE refresh_token_fp IS NOT NULL AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
+"""
+
+# Tyk's refresh tokens are random, so in real data a token has exactly one issuer and `_ISSUERS` joins each
+# refresh to at most one parent. Only when that join finds a token issued twice (hostile or corrupt input)
+# are the issuers narrowed to the earliest (new before refresh on a tie, then event_id): the aggregate this
+# takes costs as much as the link itself, so real data does not pay for it.
+_FIRST_ISSUERS = """
+CREATE OR REPLACE TEMP TABLE tt_issuer AS
+SELECT arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), is_refresh, event_id)) AS n,
+       arg_min(event_id, (coalesce(first_seen, TIMESTAMP '9999-12-31'), is_refresh, event_id)) AS event_id,
+       arg_min(first_seen, (coalesce(first_seen, TIMESTAMP '9999-12-31'), is_refresh, event_id)) AS first_seen,
+       fp
+FROM (""" + _ISSUERS + """) GROUP BY fp
+"""
+
+# One row per event with its parent: everything the lineage table needs except the chain, so the parent's
+# id and time ride along from the join's build side instead of being joined again later.
 _LINK = """
 CREATE OR REPLACE TEMP TABLE tt_link AS
-WITH counted AS (
-    SELECT refresh_token_fp AS fp, count(*) AS issuers, min(n) AS n FROM tt_ev
-    WHERE refresh_token_fp IS NOT NULL AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
-    GROUP BY fp
-), issuer AS (
-    -- the cheap aggregate serves every token with one issuer; only the rare others pay for the ordering.
-    -- (No shared CTE of the candidates: DuckDB would materialise all of them for the two readers.)
-    SELECT fp, n FROM counted WHERE issuers = 1
-    UNION ALL
-    SELECT refresh_token_fp, arg_min(n, (coalesce(first_seen, TIMESTAMP '9999-12-31'), notification_type <> 'new', event_id))
-    FROM tt_ev
-    WHERE refresh_token_fp IN (SELECT fp FROM counted WHERE issuers > 1)
-      AND refresh_token_fp IS DISTINCT FROM old_refresh_token_fp
-    GROUP BY refresh_token_fp
-)
-SELECT e.n, i.n AS parent
-FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.old_refresh_token_fp
+SELECT e.n, e.event_id, e.is_refresh, e.first_seen, e.deliveries, i.n AS parent, i.event_id AS parent_id,
+       date_diff('microsecond', i.first_seen, e.first_seen) / 1e6 AS interval_s
+FROM tt_ev e LEFT JOIN ({issuers}) i ON e.is_refresh AND i.fp = e.old_refresh_token_fp
 """
 
 # Forked events: refresh events that present the same token as another refresh event. A token has one
@@ -60,92 +65,91 @@ FROM tt_ev e LEFT JOIN issuer i ON e.notification_type = 'refresh' AND i.fp = e.
 # are grouped by fingerprint, and they are few. Computed before any cycle is cut, from the links as found.
 _FORKED = """
 CREATE OR REPLACE TEMP TABLE tt_orphan_roots AS
-SELECT l.n FROM tt_link l JOIN tt_ev e ON e.n = l.n WHERE l.parent IS NULL AND e.notification_type = 'refresh';
+SELECT l.n, e.old_refresh_token_fp FROM tt_link l JOIN tt_ev e ON e.n = l.n WHERE l.parent IS NULL AND l.is_refresh;
 CREATE OR REPLACE TEMP TABLE tt_forked AS
 SELECT n FROM tt_link
 WHERE parent IN (SELECT parent FROM tt_link WHERE parent IS NOT NULL GROUP BY parent HAVING count(*) >= 2)
 UNION ALL
-SELECT e.n FROM tt_ev e SEMI JOIN tt_orphan_roots o ON o.n = e.n
-WHERE e.old_refresh_token_fp IN (
-    -- counted over all events (`events`, which in a full rebuild is `tt_ev`): in an incremental update the other
-    -- presenter of an unissued token may be the root of a chain that is not recomputed. Every presenter of a
-    -- token without an issuer is an orphan root, so all refresh events presenting it are the ones to count.
-    SELECT old_refresh_token_fp FROM {all_events}
-    WHERE notification_type = 'refresh'
-      AND old_refresh_token_fp IN (SELECT e2.old_refresh_token_fp FROM tt_ev e2 SEMI JOIN tt_orphan_roots o2 ON o2.n = e2.n)
+SELECT n FROM tt_orphan_roots
+WHERE old_refresh_token_fp IN (
+    -- counted over all events: in an incremental update the other presenter of an unissued token may be the
+    -- root of a chain that is not recomputed. Every presenter of a token without an issuer is an orphan root,
+    -- so all refresh events presenting it are the ones to count.
+    SELECT old_refresh_token_fp FROM {presented}
+    WHERE old_refresh_token_fp IN (SELECT old_refresh_token_fp FROM tt_orphan_roots)
     GROUP BY old_refresh_token_fp HAVING count(*) >= 2
 )
 """
 
-# Pointer jumping, incremental: `tt_res` holds resolved events (n -> root, depth); `tt_pend` the others,
-# each pointing at an ancestor `anc` at distance `dist`. A round resolves every pending event whose ancestor
-# is resolved and lets the rest jump to their ancestor's ancestor, so the pending set halves its distance
-# to the roots each round and only it is ever joined.
+# Pointer jumping on lists indexed by n: `anc[n]` is an ancestor of event n (a root points at itself) and
+# `dist[n]` the distance to it. A round replaces every ancestor by the ancestor's ancestor, so a chain of depth
+# d resolves in ceil(log2 d) rounds. A round is one pass over two flat integer lists inside one DuckDB
+# expression (list_transform reading the list it transforms): no hash join, no per-event Python. 1M events take
+# ~30 ms a round; the equivalent self-join ~100-600 ms. `p0` keeps the parents: n is resolved when p0[anc[n]]
+# = anc[n], i.e. its ancestor is a root.
 _JUMP_START = """
-CREATE OR REPLACE TEMP TABLE tt_res AS SELECT n, parent, n AS root, 0 AS depth FROM tt_link WHERE parent IS NULL;
-CREATE OR REPLACE TEMP TABLE tt_pend AS
-SELECT n, parent, parent AS anc, 1 AS dist FROM tt_link WHERE parent IS NOT NULL;
+CREATE OR REPLACE TEMP TABLE tt_jump AS
+SELECT p0, p0 AS anc, list_transform(p0, lambda x, i: (x <> i)::INTEGER) AS dist
+FROM (SELECT list(coalesce(parent, n) ORDER BY n) AS p0 FROM tt_link)
 """
 
-# The parent rides along, so that `tt_res` alone says everything about an event's place in its chain.
 _JUMP_ROUND = """
-INSERT INTO tt_res SELECT p.n, p.parent, r.root, p.dist + r.depth FROM tt_pend p JOIN tt_res r ON r.n = p.anc;
-CREATE OR REPLACE TEMP TABLE tt_pend AS
-SELECT p.n, p.parent, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
+CREATE OR REPLACE TEMP TABLE tt_jump AS
+SELECT p0, list_transform(anc, lambda a: anc[a]) AS anc, list_transform(dist, lambda d, i: d + dist[anc[i]]) AS dist
+FROM tt_jump
 """
 
-# Everything per event, on integer keys (kept narrow: the ingest transaction holds it until COMMIT);
-# `lineage` and `chains` are both derived from it without joining
-# on fingerprints again.
-_MEMBERS = """
-CREATE OR REPLACE TEMP TABLE tt_member AS
-SELECT e.n, j.root, j.parent, j.depth::INTEGER AS depth, e.notification_type = 'refresh' AS is_refresh,
-       e.first_seen, e.deliveries, e.event_id, p.event_id AS parent_id,
-       date_diff('microsecond', p.first_seen, e.first_seen) / 1e6 AS interval_s,
-       e.n IN (SELECT n FROM tt_forked) AS forked
-FROM tt_ev e
-JOIN tt_res j ON j.n = e.n
-LEFT JOIN tt_ev p ON p.n = j.parent
+_UNRESOLVED = "SELECT len(list_filter(anc, lambda a: p0[a] <> a)) FROM tt_jump"
+
+# Back from lists to rows (n is the position). Joining this on n is cheaper than reading the lists row by row
+# in the big statements below, where DuckDB would carry the list along with every row.
+_RESOLVED = """
+CREATE OR REPLACE TEMP TABLE tt_res AS
+SELECT unnest(range(1, len(anc) + 1))::INTEGER AS n, unnest(anc) AS root, unnest(dist) AS depth FROM tt_jump;
+DROP TABLE tt_jump;
 """
 
 _LINEAGE = """
 CREATE OR REPLACE {target} AS
-SELECT m.event_id, m.parent_id, r.event_id AS chain_id, m.depth, m.interval_s,
-       CASE WHEN m.interval_s IS NULL THEN NULL
-            WHEN m.interval_s > $ttl THEN 'late'
-            WHEN m.interval_s < $ttl / 2 THEN 'early'
+SELECT l.event_id, l.parent_id, r.event_id AS chain_id, j.depth::INTEGER AS depth, l.interval_s,
+       CASE WHEN l.interval_s IS NULL THEN NULL
+            WHEN l.interval_s > $ttl THEN 'late'
+            WHEN l.interval_s < $ttl / 2 THEN 'early'
             ELSE 'on_time' END AS refresh_class,
-       m.forked
-FROM tt_member m
-JOIN tt_ev r ON r.n = m.root
+       l.n IN (SELECT n FROM tt_forked) AS forked
+FROM tt_link l JOIN tt_res j ON j.n = l.n
+JOIN (SELECT n, event_id FROM tt_link WHERE parent IS NULL) r ON r.n = j.root
 """
 
 _CHAINS = """
 CREATE OR REPLACE {target} AS
-WITH fork_counts AS (
-    -- apart from the main aggregate: a DISTINCT there would group every event by (root, token)
-    SELECT m.root, count(DISTINCT e.old_refresh_token_fp)::INTEGER AS forks
-    FROM tt_member m JOIN tt_ev e ON e.n = m.n WHERE m.forked GROUP BY m.root
-), agg AS (
-    SELECT root, count(*)::INTEGER AS events, sum(deliveries)::INTEGER AS deliveries,
-           count(*) FILTER (is_refresh)::INTEGER AS refreshes,
-           count(*) FILTER (interval_s > $ttl)::INTEGER AS late_refreshes,
-           count(*) FILTER (interval_s < $ttl / 2)::INTEGER AS early_refreshes,
-           count(*) FILTER (first_seen IS NULL)::INTEGER AS untimed_events,
-           min(first_seen) AS first_seen, max(first_seen) AS last_seen,
+WITH agg AS (
+    SELECT j.root, count(*)::INTEGER AS events, sum(l.deliveries)::INTEGER AS deliveries,
+           count(*) FILTER (l.is_refresh)::INTEGER AS refreshes,
+           count(*) FILTER (l.interval_s > $ttl)::INTEGER AS late_refreshes,
+           count(*) FILTER (l.interval_s < $ttl / 2)::INTEGER AS early_refreshes,
+           count(*) FILTER (l.first_seen IS NULL)::INTEGER AS untimed_events,
+           min(l.first_seen) AS first_seen, max(l.first_seen) AS last_seen,
            -- the last event in time (an untimed event has no place in time); its refresh token is fetched below
-           arg_max(n, (first_seen, event_id)) FILTER (first_seen IS NOT NULL) AS last_n
-    FROM tt_member GROUP BY root
+           arg_max(l.n, (l.first_seen, l.event_id)) FILTER (l.first_seen IS NOT NULL) AS last_n
+    FROM tt_link l JOIN tt_res j ON j.n = l.n GROUP BY j.root
+), fork_counts AS (
+    SELECT j.root, count(DISTINCT e.old_refresh_token_fp)::INTEGER AS forks
+    FROM tt_forked f JOIN tt_ev e ON e.n = f.n JOIN tt_res j ON j.n = f.n GROUP BY j.root
+), roots AS (  -- the roots' own fields, from the events table (the roots are few)
+    SELECT r.n, x.event_id, x.notification_type, x.old_refresh_token_fp, x.auth_code_fp, x.identity
+    FROM tt_ev r JOIN events x ON x.event_id = r.event_id
+    WHERE r.n IN (SELECT root FROM agg)
 ), base AS (
-    SELECT a.*, coalesce(f.forks, 0) AS forks, l.last_refresh_fp, r.event_id AS chain_id,
+    SELECT a.*, coalesce(f.forks, 0) AS forks, l.refresh_token_fp AS last_refresh_fp, r.event_id AS chain_id,
            r.notification_type AS root_type,
            r.notification_type = 'refresh' AS orphan,
            CASE WHEN r.notification_type = 'refresh' THEN r.old_refresh_token_fp END AS unknown_parent_fp,
            CASE WHEN r.notification_type = 'new' THEN coalesce(r.identity, m.identity) END AS identity,
            r.event_id IN (SELECT event_id FROM tt_cycle_roots) AS cycle_broken,
            date_diff('microsecond', a.first_seen, a.last_seen) / 1e6 AS span_s
-    FROM agg a JOIN tt_ev r ON r.n = a.root LEFT JOIN fork_counts f ON f.root = a.root
-    LEFT JOIN (SELECT n, refresh_token_fp AS last_refresh_fp FROM tt_ev) l ON l.n = a.last_n
+    FROM agg a JOIN roots r ON r.n = a.root LEFT JOIN fork_counts f ON f.root = a.root
+    LEFT JOIN tt_ev l ON l.n = a.last_n
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
 ), relogin AS (
@@ -153,19 +157,23 @@ WITH fork_counts AS (
     SELECT c.chain_id, d.first_seen AS next_start
     FROM base c ASOF JOIN base d ON c.identity = d.identity AND d.first_seen > c.last_seen
     WHERE c.identity IS NOT NULL
+), candidate AS (  -- chains whose identity started again while their last refresh token was still valid
+    SELECT b.chain_id, b.last_refresh_fp FROM base b JOIN relogin r USING (chain_id)
+    WHERE b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
+), used AS (  -- ... and presented after all (by any event: the few candidates probe one column of them all)
+    SELECT DISTINCT old_refresh_token_fp AS fp FROM events
+    WHERE old_refresh_token_fp IN (SELECT last_refresh_fp FROM candidate)
 )
 SELECT b.chain_id, b.orphan OR b.cycle_broken AS orphan, b.root_type, b.identity, b.first_seen, b.last_seen,
        b.events, b.deliveries, b.refreshes, b.forks, b.late_refreshes, b.early_refreshes, b.untimed_events,
        b.span_s, b.span_s + $ttl AS lifetime_s,
-       CASE WHEN b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
-                 AND b.last_refresh_fp NOT IN (SELECT old_refresh_token_fp FROM events
-                                               WHERE old_refresh_token_fp IS NOT NULL)
+       CASE WHEN b.chain_id IN (SELECT chain_id FROM candidate) AND b.last_refresh_fp NOT IN (SELECT fp FROM used)
                 THEN 'forced_relogin'
             WHEN b.last_seen IS NULL THEN 'untimed'
             WHEN b.last_seen + to_seconds($ttl) >= $as_of::TIMESTAMP THEN 'active'
             ELSE 'ended' END AS end_state,
        b.unknown_parent_fp, b.cycle_broken
-FROM base b LEFT JOIN relogin r USING (chain_id)
+FROM base b
 """
 
 
@@ -245,42 +253,51 @@ def _as_of(cur):
 def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
     cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
-    cur.execute(_LINK)
-    cur.execute(_FORKED.format(all_events="events" if scoped else "tt_ev"))
+    cur.execute(_LINK.format(issuers=_ISSUERS))
+    linked, events = cur.execute("SELECT (SELECT count(*) FROM tt_link), (SELECT count(*) FROM tt_ev)").fetchall()[0]
+    if linked > events:  # some presented token was issued more than once: keep its earliest issuer only
+        cur.execute(_FIRST_ISSUERS)
+        cur.execute(_LINK.format(issuers="SELECT * FROM tt_issuer"))
+        cur.execute("DROP TABLE tt_issuer")
+    t_forks = time.perf_counter()  # fork statistics, not part of finding chains: timed apart
+    presented = ("(SELECT old_refresh_token_fp FROM events WHERE notification_type = 'refresh')" if scoped
+                 else "(SELECT old_refresh_token_fp FROM tt_ev WHERE is_refresh)")
+    cur.execute(_FORKED.format(presented=presented))
+    t_forks = time.perf_counter() - t_forks
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
     rounds = _resolve(cur)
-    assigned = time.perf_counter() - t0  # every event has its chain: the connected-components part
+    cur.execute(_RESOLVED)
+    # every event has its chain: numbering, the issuer join and the pointer jumping are what networkx's
+    # connected_components does (bench/ingest.py compares them)
+    assigned = time.perf_counter() - t0 - t_forks
     as_of = _as_of(cur)
     params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s), "as_of": as_of}
-    cur.execute(_MEMBERS)
-    for t in ("tt_link", "tt_res", "tt_pend"):  # free memory for the two big tables below
-        cur.execute(f"DROP TABLE IF EXISTS {t}")
     cur.execute(_LINEAGE.format(target="TEMP TABLE tt_lineage_new" if scoped else "TABLE lineage"),
                 {"ttl": float(access_ttl_s)})
     cur.execute(_CHAINS.format(target="TEMP TABLE tt_chains_new" if scoped else "TABLE chains"), params)
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_res", "tt_pend", "tt_member", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
+    for t in ("tt_ev", "tt_link", "tt_res", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
-    return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned,
-            "tables_s": time.perf_counter() - t0 - assigned}
+    return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned, "forks_s": t_forks,
+            "tables_s": time.perf_counter() - t0 - assigned - t_forks}
 
 
 def _resolve(cur) -> int:
+    """Pointer jumping until every event's ancestor is a root. Returns the number of rounds."""
     rounds = 0
     cur.execute(_JUMP_START)
-    pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+    pending = cur.execute(_UNRESOLVED).fetchall()[0][0]
     while pending:
-        resolved_before = cur.execute("SELECT count(*) FROM tt_res").fetchall()[0][0]
         cur.execute(_JUMP_ROUND)
         rounds += 1
-        resolved = cur.execute("SELECT count(*) FROM tt_res").fetchall()[0][0] - resolved_before
-        cur.execute("DELETE FROM tt_pend WHERE n IN (SELECT n FROM tt_res)")
-        pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
-        if pending and not resolved and rounds > 1:
-            _break_cycles(cur)  # nothing resolved: what is left hangs on cycles
+        before, pending = pending, cur.execute(_UNRESOLVED).fetchall()[0][0]
+        # Every level of a chain is populated, so without cycles each round resolves some event. A round that
+        # resolves nothing means that what is left hangs on cycles.
+        if pending and pending == before:
+            _break_cycles(cur)
             cur.execute(_JUMP_START)
-            pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+            pending = cur.execute(_UNRESOLVED).fetchall()[0][0]
     return rounds
 
 
@@ -288,8 +305,8 @@ def _break_cycles(cur) -> None:
     """Cut each parent cycle at its earliest event. Sees only the unresolved events (those on or under cycles)."""
     rows = cur.execute(
         """
-        SELECT l.n, l.parent, e.first_seen, e.event_id
-        FROM tt_link l JOIN tt_ev e USING (n) WHERE l.n NOT IN (SELECT n FROM tt_res)
+        SELECT l.n, l.parent, l.first_seen, l.event_id
+        FROM tt_link l CROSS JOIN tt_jump j WHERE j.p0[j.anc[l.n]] <> j.anc[l.n]
         """
     ).fetchall()
     parent = {n: p for n, p, _, _ in rows}
@@ -310,7 +327,9 @@ def _break_cycles(cur) -> None:
             state[m] = 2
     if not cuts:  # cannot happen: unresolved rows always hang on a cycle; avoid looping forever regardless
         cuts = [min(parent, key=lambda m: order[m])]
-    cur.executemany("UPDATE tt_link SET parent = NULL WHERE n = ?", [(c,) for c in cuts])
+    cur.executemany(
+        "UPDATE tt_link SET parent = NULL, parent_id = NULL, interval_s = NULL WHERE n = ?", [(c,) for c in cuts]
+    )
     cur.executemany(
         "INSERT INTO tt_cycle_roots SELECT event_id FROM tt_ev WHERE n = ?", [(c,) for c in cuts]
     )

@@ -49,6 +49,20 @@ def test_new_identity_mapping_labels_stored_chains(store):
     assert [c["events"] for c in chains_for_identity(store, "frank@example.com")] == [2]
 
 
+def test_a_token_issued_twice_hangs_its_presenter_under_the_earliest_issuer(store):
+    # Tyk's refresh tokens are random, so only corrupt or hostile input issues one twice. The earliest issuer
+    # is the parent (a `new` event before a refresh at the same time); the other issuer keeps its own chain.
+    load(store, [record("2026-12-03T10:00:00Z", body("new", "T1", "R1", code="A1")),
+                 record("2026-12-03T09:00:00Z", body("new", "T0", "R1", code="A0")),
+                 record("2026-12-03T09:00:00Z", body("refresh", "T5", "R1", "R9")),
+                 record("2026-12-03T11:00:00Z", body("refresh", "T2", "R2", "R1")),
+                 record("2026-12-03T11:30:00Z", body("refresh", "T3", "R3", "R2"))])
+    chains = chains_by_label(store, ["T0", "T1", "T2", "T3", "T5"])
+    assert [(c["root"], c["events"], c["orphan"]) for c in chains] == [
+        ("T0", ["T0", "T2", "T3"], False), ("T1", ["T1"], False), ("T5", ["T5"], True)]
+    assert summary(store)["forks"] == 0
+
+
 def test_retries_collapse_into_one_event_with_its_delivery_count(store):
     b = body("refresh", "T2", "R2", "R1")
     load(store, [record(f"2026-12-03T10:00:{s:02d}Z", b, status=500 if s < 20 else 200) for s in (0, 10, 20)])
