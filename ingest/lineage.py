@@ -23,12 +23,16 @@ from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 
 # Dense integer ids: joins on integers are several times cheaper than on 12-character fingerprints, and they
 # index the lists the pointer jumping works on. Numbering needs no order: every tie-break below uses event_id,
-# so results never depend on it. Only what the link needs is copied.
-_NUMBER_EVENTS = """
+# so results never depend on it. A full rebuild numbers events by their row id (events are only ever appended
+# and updated in place, so row ids are 0..N-1; checked, with a copy as the fallback): a view, so nothing is
+# copied and the scans read only the columns they need. An incremental update numbers its few events in a copy.
+_EVENT_COLUMNS = """event_id, notification_type = 'refresh' AS is_refresh,
+       refresh_token_fp, old_refresh_token_fp, first_seen, deliveries"""
+_NUMBER_BY_ROWID = f"CREATE OR REPLACE TEMP VIEW tt_ev AS SELECT (rowid + 1)::INTEGER AS n, {_EVENT_COLUMNS} FROM events"
+_NUMBER_EVENTS = f"""
 CREATE OR REPLACE TEMP TABLE tt_ev AS
-SELECT row_number() OVER ()::INTEGER AS n, event_id, notification_type = 'refresh' AS is_refresh,
-       refresh_token_fp, old_refresh_token_fp, first_seen, deliveries
-FROM events {scope}
+SELECT row_number() OVER ()::INTEGER AS n, {_EVENT_COLUMNS}
+FROM events {{scope}}
 """
 
 # Issuers of refresh tokens. An event that presents the token it issues cannot be its own parent.
@@ -252,7 +256,11 @@ def _as_of(cur):
 
 def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
-    cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
+    dense = not scoped and cur.execute("SELECT coalesce(max(rowid) + 1, 0) = count(*) FROM events").fetchall()[0][0]
+    if dense:
+        cur.execute(_NUMBER_BY_ROWID)
+    else:
+        cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
     cur.execute(_LINK.format(issuers=_ISSUERS))
     linked, events = cur.execute("SELECT (SELECT count(*) FROM tt_link), (SELECT count(*) FROM tt_ev)").fetchall()[0]
     if linked > events:  # some presented token was issued more than once: keep its earliest issuer only
@@ -277,7 +285,8 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     cur.execute(_CHAINS.format(target="TEMP TABLE tt_chains_new" if scoped else "TABLE chains"), params)
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
-    for t in ("tt_ev", "tt_link", "tt_res", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
+    cur.execute("DROP VIEW IF EXISTS tt_ev" if dense else "DROP TABLE IF EXISTS tt_ev")
+    for t in ("tt_link", "tt_res", "tt_forked", "tt_orphan_roots", "tt_cycle_roots"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned, "forks_s": t_forks,
             "tables_s": time.perf_counter() - t0 - assigned - t_forks}

@@ -63,6 +63,41 @@ def test_a_token_issued_twice_hangs_its_presenter_under_the_earliest_issuer(stor
     assert summary(store)["forks"] == 0
 
 
+def test_rebuild_numbers_events_correctly_when_row_ids_have_gaps(store, tmp_path):
+    # A full rebuild numbers events by row id when those are 0..N-1 (events are only appended); if rows were
+    # ever deleted it must fall back to numbering a copy, and give the chains a store without them would give.
+    from ingest import lineage
+    from ingest.store import Store
+
+    path = DATA / "golden" / "out_of_order_and_late.jsonl"
+    ingest(store, [path])
+    cur = store.cursor()
+    victim = cur.execute("SELECT event_id FROM events WHERE notification_type = 'new' LIMIT 1").fetchall()[0][0]
+    cur.execute("DELETE FROM events WHERE event_id = ?", [victim])
+    cur.execute("DELETE FROM deliveries WHERE event_id = ?", [victim])
+    assert cur.execute("SELECT max(rowid) + 1 > count(*) FROM events").fetchall()[0][0]  # gaps
+    cur.execute("BEGIN")
+    lineage.rebuild(cur)
+    cur.execute("COMMIT")
+
+    other = Store.open(":memory:")
+    other.key = store.key  # same fingerprints, so event ids compare
+    ingest(other, [path])
+    oc = other.cursor()
+    oc.execute("DELETE FROM events WHERE event_id = ?", [victim])
+    oc.execute("CREATE TABLE kept AS SELECT * FROM events")  # a fresh table: row ids without gaps
+    oc.execute("DELETE FROM events")
+    oc.execute("DROP TABLE events")
+    oc.execute("ALTER TABLE kept RENAME TO events")
+    oc.execute("BEGIN")
+    lineage.rebuild(oc)
+    oc.execute("COMMIT")
+    query = "SELECT * FROM lineage ORDER BY event_id"
+    assert cur.execute(query).fetchall() == oc.execute(query).fetchall()
+    assert cur.execute("SELECT * FROM chains ORDER BY chain_id").fetchall() == \
+        oc.execute("SELECT * FROM chains ORDER BY chain_id").fetchall()
+
+
 def test_retries_collapse_into_one_event_with_its_delivery_count(store):
     b = body("refresh", "T2", "R2", "R1")
     load(store, [record(f"2026-12-03T10:00:{s:02d}Z", b, status=500 if s < 20 else 200) for s in (0, 10, 20)])
