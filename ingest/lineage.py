@@ -92,25 +92,27 @@ WHERE old_refresh_token_fp IN (
 # ~30 ms a round; the equivalent self-join ~100-600 ms. `p0` keeps the parents: n is resolved when p0[anc[n]]
 # = anc[n], i.e. its ancestor is a root.
 _JUMP_START = """
+CREATE OR REPLACE TEMP TABLE tt_p0 AS SELECT list(coalesce(parent, n) ORDER BY n) AS p0 FROM tt_link;
 CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT p0, p0 AS anc, list_transform(p0, lambda x, i: (x <> i)::INTEGER) AS dist
-FROM (SELECT list(coalesce(parent, n) ORDER BY n) AS p0 FROM tt_link)
+SELECT p0 AS anc, list_transform(p0, lambda x, i: (x <> i)::INTEGER) AS dist FROM tt_p0;
 """
 
+# (p0 lives in its own table so that a round does not copy it.)
 _JUMP_ROUND = """
 CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT p0, list_transform(anc, lambda a: anc[a]) AS anc, list_transform(dist, lambda d, i: d + dist[anc[i]]) AS dist
+SELECT list_transform(anc, lambda a: anc[a]) AS anc, list_transform(dist, lambda d, i: d + dist[anc[i]]) AS dist
 FROM tt_jump
 """
 
-_UNRESOLVED = "SELECT len(list_filter(anc, lambda a: p0[a] <> a)) FROM tt_jump"
+_UNRESOLVED = "SELECT len(list_filter(anc, lambda a: p0[a] <> a)) FROM tt_jump, tt_p0"
 
 # Back from lists to rows (n is the position). Joining this on n is cheaper than reading the lists row by row
 # in the big statements below, where DuckDB would carry the list along with every row.
 _RESOLVED = """
 CREATE OR REPLACE TEMP TABLE tt_res AS
-SELECT unnest(range(1, len(anc) + 1))::INTEGER AS n, unnest(anc) AS root, unnest(dist) AS depth FROM tt_jump;
+SELECT generate_subscripts(anc, 1)::INTEGER AS n, unnest(anc) AS root, unnest(dist) AS depth FROM tt_jump;
 DROP TABLE tt_jump;
+DROP TABLE tt_p0;
 """
 
 _LINEAGE = """
@@ -315,7 +317,7 @@ def _break_cycles(cur) -> None:
     rows = cur.execute(
         """
         SELECT l.n, l.parent, l.first_seen, l.event_id
-        FROM tt_link l CROSS JOIN tt_jump j WHERE j.p0[j.anc[l.n]] <> j.anc[l.n]
+        FROM tt_link l, tt_jump j, tt_p0 WHERE p0[j.anc[l.n]] <> j.anc[l.n]
         """
     ).fetchall()
     parent = {n: p for n, p, _, _ in rows}
