@@ -46,9 +46,10 @@ _TIME_KEY_RANK = {k: i for i, k in enumerate(TIME_KEYS)}
 _INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
 _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 
-# A timestamp in free text: ISO-like dates, Apache style, or a bare epoch number at the start.
+# A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456), Apache
+# style, or a bare epoch number at the start.
 TIME_IN_TEXT = (
-    r"(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
+    r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
     r"|^\d{10}(?:\.\d+)?\b|^\d{13,19}\b)"
 )
@@ -58,7 +59,9 @@ _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
 
 _decoder = json.JSONDecoder()
 
-# Path steps: ("k", key) object member, ("i", n) array element, ("p",) parse the JSON inside a string.
+# Path steps: ("k", key) object member, ("i", n) array element, ("p",) parse the JSON inside a string (after a
+# text prefix), ("q",) parse the JSON that a text line carries as a quoted, backslash-escaped string value
+# (logfmt / Go slog: body="{\"auth_code\":...}").
 Step = tuple
 
 
@@ -70,13 +73,15 @@ class Layout:
     time_in_text: bool  # the time is in the text before the JSON of the string at `time`
     # Identity fields are optional per record (often only on logins): every place seen in the sample is tried.
     identities: tuple[tuple[tuple[Step, ...], bool], ...] = ()
+    listed: bool = False  # the flattened fields' values are one-item lists (Elasticsearch `fields`)
 
     def sql(self, raw: str = "raw") -> dict[str, str]:
         """DuckDB expressions over column `raw`: `v` (a JSON[] of the five Tyk fields, in NOTIFICATION_FIELDS
         order), `time_raw` and `identity_raw` (VARCHAR). They may refer to `tt_all`, which the caller computes
         first from the expression `all` (one parse of the record for every path)."""
         # flattened exports (Kibana CSV) keep dotted keys like "body.auth_code" in the object at `notif`
-        field_steps = [(*self.notif, ("k", (self.flat_prefix or "") + f)) for f in NOTIFICATION_FIELDS]
+        item = (("i", 0),) if self.listed else ()
+        field_steps = [(*self.notif, ("k", (self.flat_prefix or "") + f), *item) for f in NOTIFICATION_FIELDS]
         extra = []
         if self.time is not None and not self.time_in_text:
             extra.append(self.time)
@@ -110,7 +115,7 @@ class Layout:
 
 
 def _has_parse(steps) -> bool:
-    return any(step[0] == "p" for step in steps)
+    return any(step[0] in _PARSE_STEPS for step in steps)
 
 
 @dataclass
@@ -139,12 +144,13 @@ def locate(text: str) -> Located:
         if any(m in stripped for m in _MARKERS):
             return Located(reason="invalid JSON: a notification is there but cannot be parsed (truncated?)")
         return Located(reason="no Tyk notification found in the record")
-    notif, notif_steps, flat_prefix, chain = found
+    notif, notif_steps, flat_prefix, listed, chain = found
     time, time_steps, time_in_text = _nearest(chain, _time_candidate)
     if time is None:
         time, time_steps, time_in_text = _nearest(chain, _ingest_time_candidate)
     identity, id_steps, id_in_text = _nearest(chain, _identity_candidate)
-    layout = Layout(notif_steps, flat_prefix, time_steps, time_in_text, ((id_steps, id_in_text),) if id_steps else ())
+    ids = ((id_steps, id_in_text),) if id_steps else ()
+    layout = Layout(notif_steps, flat_prefix, time_steps, time_in_text, ids, listed)
     return Located(notification=notif, time=time, identity=identity, layout=layout)
 
 
@@ -163,17 +169,19 @@ def learn_layout(texts: Iterable[str], sample: int = 500) -> Layout | None:
         found = locate(text).layout
         if found is None:
             continue
-        places[(found.notif, found.flat_prefix)] += 1
-        times[(found.notif, found.flat_prefix, found.time, found.time_in_text)] += 1
-        for place in found.identities:
-            identities[(found.notif, found.flat_prefix, place)] += 1
+        place = (found.notif, found.flat_prefix, found.listed)
+        places[place] += 1
+        times[(*place, found.time, found.time_in_text)] += 1
+        for id_place in found.identities:
+            identities[(*place, id_place)] += 1
     if not places:
         return None
-    notif, flat = places.most_common(1)[0][0]
-    timed = [(k[2], k[3]) for k, _ in times.most_common() if k[:2] == (notif, flat) and k[2] is not None]
+    place = places.most_common(1)[0][0]
+    timed = [(k[3], k[4]) for k, _ in times.most_common() if k[:3] == place and k[3] is not None]
     time, time_in_text = timed[0] if timed else (None, False)
-    ids = tuple(k[2] for k, _ in identities.most_common() if k[:2] == (notif, flat))
-    return Layout(notif, flat, time, time_in_text, ids)
+    ids = tuple(k[3] for k, _ in identities.most_common() if k[:3] == place)
+    notif, flat, listed = place
+    return Layout(notif, flat, time, time_in_text, ids, listed)
 
 
 # -- the search ----------------------------------------------------------------------------------------------
@@ -183,14 +191,15 @@ _Chain = list[tuple[object, tuple[Step, ...], str | None]]
 
 
 def _search(root: object, root_is_text: bool):
-    """Breadth-first: the shallowest notification wins. Returns (notif, steps, flat_prefix, ancestor chain)."""
+    """Breadth-first: the shallowest notification wins. Returns (notif, steps, flat_prefix, listed, ancestor
+    chain)."""
     queue: list[tuple[object, tuple[Step, ...], _Chain, str | None]] = []
     if root_is_text:
         parsed = _embedded_json(root)
         if parsed is None:
             return None
-        obj, prefix = parsed
-        queue.append((obj, (("p",),), [], prefix))
+        obj, prefix, kind = parsed
+        queue.append((obj, ((kind,),), [], prefix))
     else:
         queue.append((root, (), [], None))
     seen = 0
@@ -201,8 +210,8 @@ def _search(root: object, root_is_text: bool):
         if isinstance(node, dict):
             hit = _as_notification(node)
             if hit is not None:
-                notif, flat_prefix = hit
-                return notif, steps, flat_prefix, here
+                notif, flat_prefix, listed = hit
+                return notif, steps, flat_prefix, listed, here
             items = node.items()
             for key, value in items:
                 _enqueue(queue, value, (*steps, ("k", key)), here)
@@ -218,29 +227,60 @@ def _enqueue(queue, value, steps, chain) -> None:
     elif isinstance(value, str) and "{" in value and any(m in value for m in _MARKERS):
         parsed = _embedded_json(value)
         if parsed is not None:
-            obj, prefix = parsed
-            queue.append((obj, (*steps, ("p",)), chain, prefix))
+            obj, prefix, kind = parsed
+            queue.append((obj, (*steps, (kind,)), chain, prefix))
+
+
+_PARSE_STEPS = ("p", "q")
+# A JSON object written as a quoted string value in a text line: "{\"auth_code\":\"...\", ...}"
+QUOTED_JSON_IN_TEXT = r'"(\{\\"(?:[^"\\]|\\.)*)"'
+_QUOTED_JSON_RE = re.compile(QUOTED_JSON_IN_TEXT)
 
 
 def _embedded_json(text: str):
-    """The JSON object in `text` (whole, or after a prefix): (object, prefix text) or None."""
+    """The JSON object in `text` (whole, or after a prefix): (object, prefix text, step kind) or None.
+
+    The object is the first `{` that starts a non-empty JSON object; braces that do not (Loki labels
+    `{app="hook"}` before the line in logcli's default output, an empty `{}`) are skipped, but a `{"` that
+    fails to parse is a broken object and ends the search. Failing that, a quoted and escaped JSON string
+    (`body="{\"auth_code\":...}"`, logfmt and Go's slog text handler) is unquoted and parsed.
+    """
     start = text.find("{")
-    if start < 0:
+    for _ in range(8):
+        if start < 0:
+            break
+        try:
+            obj, _ = _decoder.raw_decode(text, start)
+        except ValueError:
+            if text[start + 1 : start + 40].lstrip().startswith('"'):
+                return None
+            obj = None
+        if isinstance(obj, dict) and obj:
+            return obj, text[:start], "p"
+        start = text.find("{", start + 1)
+    m = _QUOTED_JSON_RE.search(text) if '{\\"' in text else None
+    if m is None:
         return None
     try:
-        obj, _ = _decoder.raw_decode(text, start)
+        obj = json.loads(json.loads('"' + m.group(1) + '"'))
     except ValueError:
         return None
-    return (obj, text[:start]) if isinstance(obj, dict) else None
+    return (obj, text[: m.start()], "q") if isinstance(obj, dict) and obj else None
 
 
 def _as_notification(d: dict):
+    """(notification, flat prefix, listed) when `d` is one; `listed`: the flattened values are one-item lists
+    (Elasticsearch's `fields`: {"body.notification_type": ["new"], ...})."""
     if "notification_type" in d or sum(k in d for k in TOKEN_FIELDS) >= 2:
-        return d, None
+        return d, None, False
     for key in d:
         if isinstance(key, str) and key.endswith(".notification_type"):
             prefix = key[: -len("notification_type")]
-            return {f: d[prefix + f] for f in NOTIFICATION_FIELDS if prefix + f in d}, prefix
+            notif = {f: d[prefix + f] for f in NOTIFICATION_FIELDS if prefix + f in d}
+            listed = isinstance(notif["notification_type"], list) and len(notif["notification_type"]) == 1
+            if listed:
+                notif = {f: v[0] if isinstance(v, list) and len(v) == 1 else v for f, v in notif.items()}
+            return notif, prefix, listed
     return None
 
 
@@ -254,20 +294,32 @@ def _nearest(chain: _Chain, candidate):
         if text_prefix:
             in_text = candidate.text(text_prefix) if hasattr(candidate, "text") else None
             if in_text is not None:
-                return in_text, steps[:-1] if steps and steps[-1] == ("p",) else steps, True
+                return in_text, steps[:-1] if steps and steps[-1][0] in _PARSE_STEPS else steps, True
     return None, None, False
 
 
+def _one_value(value):
+    """A value, or the single item of a one-item list (Elasticsearch's `fields` wraps every value in a list):
+    (value, extra steps)."""
+    if isinstance(value, list) and len(value) == 1 and not isinstance(value[0], dict | list):
+        return value[0], (("i", 0),)
+    return value, ()
+
+
 def _ranked_scalar(node, rank: dict[str, int]):
+    """The best-ranked scalar member of `node`: (rank, steps, value) or None."""
     if not isinstance(node, dict):
         return None
     best = None
     for key, value in node.items():
         r = rank.get(str(key).lower())
-        if r is None or value is None or isinstance(value, bool | dict | list) or str(value).strip() == "":
+        if r is None:
+            continue
+        value, sub = _one_value(value)
+        if value is None or isinstance(value, bool | dict | list) or str(value).strip() == "":
             continue
         if best is None or r < best[0]:
-            best = (r, key, value)
+            best = (r, (("k", key), *sub), value)
     return best
 
 
@@ -275,7 +327,7 @@ def _time_candidate(node):
     if isinstance(node, list) and len(node) >= 2 and _looks_epoch(node[0]):
         return str(node[0]), (("i", 0),)  # Loki's [timestamp, line]
     best = _ranked_scalar(node, _TIME_KEY_RANK)
-    return None if best is None else (str(best[2]), (("k", best[1]),))
+    return None if best is None else (str(best[2]), best[1])
 
 
 def _time_in_text(text: str):
@@ -288,7 +340,7 @@ _time_candidate.text = _time_in_text
 
 def _ingest_time_candidate(node):
     best = _ranked_scalar(node, _INGEST_KEY_RANK)
-    return None if best is None else (str(best[2]), (("k", best[1]),))
+    return None if best is None else (str(best[2]), best[1])
 
 
 def _identity_candidate(node):
@@ -299,12 +351,12 @@ def _identity_candidate(node):
         r = _IDENTITY_RANK.get(str(key).lower())
         if r is None:
             continue
-        sub: tuple[Step, ...] = ()
+        value, sub = _one_value(value)
         if isinstance(value, dict):
             inner = next((k for k in _IDENTITY_SUBKEYS if isinstance(value.get(k), str | int) and str(value[k])), None)
             if inner is None:
                 continue
-            value, sub = value[inner], (("k", inner),)
+            value, sub = value[inner], (*sub, ("k", inner))
         if value is None or isinstance(value, bool | list | dict) or str(value).strip() == "":
             continue
         if best is None or r < best[0]:
@@ -343,16 +395,25 @@ def _json_path(steps) -> str:
 
 
 def _segments(steps):
-    """Split steps at parse steps: [(parse_first, [key/index steps]), ...]."""
-    segments, current, parse = [], [], False
+    """Split steps at parse steps: [(parse kind first or None, [key/index steps]), ...]."""
+    segments, current, parse = [], [], None
     for step in steps:
-        if step[0] == "p":
+        if step[0] in _PARSE_STEPS:
             segments.append((parse, current))
-            current, parse = [], True
+            current, parse = [], step[0]
         else:
             current.append(step)
     segments.append((parse, current))
     return segments
+
+
+def _sql_parse(expr: str, kind: str) -> str:
+    """The JSON text inside the text `expr`: after a prefix ("p"), or a quoted escaped string ("q")."""
+    if kind == "q":
+        return f"""json_extract_string('"' || regexp_extract({expr}, {_sql_str(QUOTED_JSON_IN_TEXT)}, 1) || '"', '$')"""
+    # tt_embedded starts at the first "{"; a `{"` further on wins when the text has one (braces that are not
+    # JSON, such as Loki labels, may come first). What this misses goes through `locate()` anyway.
+    return f"""(CASE WHEN strpos({expr}, '{{"') > 1 THEN substr({expr}, strpos({expr}, '{{"')) ELSE tt_embedded({expr}) END)"""
 
 
 def _sql_value(raw: str, steps, *, as_json: bool) -> str:
@@ -361,7 +422,7 @@ def _sql_value(raw: str, steps, *, as_json: bool) -> str:
     segments = _segments(steps)
     for n, (parse, path) in enumerate(segments):
         if parse:
-            expr = f"tt_embedded({expr})"
+            expr = _sql_parse(expr, parse)
         last = n == len(segments) - 1
         if last:
             fn = "json_extract" if as_json else "json_extract_string"
@@ -377,7 +438,7 @@ def _sql_values(raw: str, steps, last_steps) -> str:
     segments = _segments(steps)
     for n, (parse, path) in enumerate(segments):
         if parse:
-            expr = f"tt_embedded({expr})"
+            expr = _sql_parse(expr, parse)
         if n == len(segments) - 1:
             paths = ", ".join(_sql_str(_json_path([*path, last])) for last in last_steps)
             return f"json_extract({expr}, [{paths}])"
