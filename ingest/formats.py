@@ -7,7 +7,13 @@ members are read one by one as sources of their own), then the text layout:
 * ``json-array`` / ``json-object`` / ``json-stream``: a JSON document. The records are the items of the array
   that holds the notifications (found by sampling: ``hits.hits``, ``events``, ``data``, Loki's
   ``data.result[].values``, ...), streamed with ijson so a large document never becomes one Python object;
-* ``csv`` / ``tsv``: a header row and one record per row (a record becomes a JSON object of its columns).
+* ``csv`` / ``tsv``: a header row and one record per row (a record becomes a JSON object of its columns);
+* ``splunk-xml``: Splunk's XML search results (Splunk Web "Export" -> XML, REST ``output_mode=xml``): one
+  record per ``<result>``, a JSON object of its ``<field k=...>`` values, parsed incrementally. Any other XML
+  document is not a log export.
+
+A row that a platform writes as a list of ``{"field": ..., "value": ...}`` pairs (CloudWatch Logs Insights
+``GetQueryResults``) becomes the JSON object of those pairs.
 
 Every reader yields `Batch`es of `(record_no, text, error)`: record numbers are 1-based lines for
 line-oriented formats, rows for CSV and item positions for JSON documents. A record that cannot even be
@@ -30,6 +36,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from xml.etree import ElementTree
 
 import ijson
 import numpy as np
@@ -159,6 +166,15 @@ def sniff(name: str, sample: bytes) -> str:
     text = probe.decode("utf-8", errors="replace")
     stripped = text.lstrip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    if stripped.startswith("<?xml") or stripped.startswith("<results"):
+        if "<!DOCTYPE" in text or "<!ENTITY" in text:
+            raise NotALogExport(f"{name}: not a log export: an XML document with a DTD (not read, for safety)")
+        if re.search(r"<results[\s>]", text):
+            return "splunk-xml"
+        raise NotALogExport(
+            f"{name}: not a log export: an XML document that is not Splunk search results (<results><result>); "
+            "export the logs as JSON, CSV or plain text"
+        )
     if stripped[:1] in "{[":
         complete = [ln.strip() for ln in lines[:3]] if len(probe) < 65536 or len(lines) > 3 else []
         if len(complete) >= 2 and _is_json(complete[0]) and _is_json(complete[1]):
@@ -360,6 +376,7 @@ def records_prefix(sample: bytes) -> str:
     A document that is one record gives "".
     """
     containers: set[str] = set()
+    pair_maps: set[str] = set()  # objects with a "field" key: {"field": "@message", "value": "..."} pairs
     first_array_item: str | None = None
     try:
         for prefix, event, value in ijson.parse(io.BytesIO(sample)):
@@ -370,8 +387,12 @@ def records_prefix(sample: bytes) -> str:
             hit = None
             if event == "map_key" and value in NOTIFICATION_MARKERS:
                 hit = prefix.split(".") if prefix else []
+            elif event == "map_key" and value == "field":
+                pair_maps.add(prefix)
             elif event == "string" and any(m in value for m in NOTIFICATION_MARKERS):
                 hit = prefix.split(".")[:-1] if prefix else []
+                if hit[-2:] == ["item", "item"] and prefix.endswith(".value") and ".".join(hit) in pair_maps:
+                    hit = hit[:-1]  # a {"field", "value"} pair: the record is the row of pairs
             if hit is not None:
                 for end in range(len(hit), 0, -1):
                     candidate = ".".join(hit[:end])
@@ -391,7 +412,7 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         try:
             for item in ijson.items(stream, prefix, multiple_values=multiple, use_float=True):
                 record_no += 1
-                batch.add(record_no, json.dumps(item, ensure_ascii=False), None)
+                batch.add(record_no, json.dumps(_pairs_as_object(item), ensure_ascii=False), None)
                 if len(batch) >= BATCH_RECORDS:
                     yield batch.table()
                     batch = Batch()
@@ -409,6 +430,79 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
     return read
 
 
+def _pairs_as_object(item):
+    """A row written as [{"field": "@timestamp", "value": "..."}, ...] (CloudWatch Logs Insights) as an object."""
+    if (
+        isinstance(item, list)
+        and item
+        and all(isinstance(x, dict) and len(x) == 2 and "field" in x and "value" in x for x in item)
+    ):
+        return {str(x["field"]): x["value"] for x in item}
+    return item
+
+
+_XML_DECLARATION = re.compile(rb"<\?xml[^>]*\?>")
+
+
+def _read_splunk_xml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """Splunk XML results: `<results><result offset=..><field k=..><value><text>..</text></value>` (several
+    `<value>`s for a multi-valued field) or `<v xml:space='preserve'>` for `_raw` (which may hold `<sg>`
+    highlighting), one record per `<result>`. Splunk's export endpoint streams several `<results>` documents
+    back to back: they are read as one, inside a wrapper element. Each `<result>` is dropped once read."""
+    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    parser.feed(b"<tokentrail-xml>")
+    batch = Batch()
+    record_no = 0
+    parents: list[ElementTree.Element] = []
+    tail = b""
+    first = True
+    try:
+        while True:
+            chunk = stream.read(CHUNK_BYTES)
+            if first and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[3:]
+            first = False
+            data = tail + chunk
+            # keep a possibly cut "<?xml ... ?>" for the next round; drop whole ones (one per document)
+            cut = data.rfind(b"<?") if chunk else -1
+            if cut >= 0 and data.find(b"?>", cut) < 0:
+                data, tail = data[:cut], data[cut:]
+            else:
+                tail = b""
+            parser.feed(_XML_DECLARATION.sub(b"", data))
+            if not chunk:
+                parser.feed(b"</tokentrail-xml>")
+            for event, elem in parser.read_events():
+                if event == "start":
+                    parents.append(elem)
+                    continue
+                parents.pop()
+                if elem.tag != "result":
+                    continue
+                record_no += 1
+                record: dict[str, object] = {}
+                for field in elem.iter("field"):
+                    values = [v.text or "" for v in field.iter("text")]
+                    values += ["".join(v.itertext()) for v in field.iter("v")]
+                    record[field.get("k", "")] = values[0] if len(values) == 1 else values
+                batch.add(record_no, json.dumps(record, ensure_ascii=False), None)
+                if parents:
+                    parents[-1].remove(elem)
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch.table()
+                    batch = Batch()
+            if not chunk:
+                break
+    except ElementTree.ParseError as e:
+        if len(batch):
+            yield batch.table()
+        raise ReadError(f"{name}: invalid XML after result {record_no} ({e}); the results before it were read") from e
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after result {record_no}: {e}") from e
+    if len(batch):
+        yield batch.table()
+
+
 _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "jsonl": _read_lines,
     "text": _read_lines,
@@ -418,6 +512,7 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "json-array": _read_json_document(multiple=False),
     "json-object": _read_json_document(multiple=False),
     "json-stream": _read_json_document(multiple=True),
+    "splunk-xml": _read_splunk_xml,
 }
 
 

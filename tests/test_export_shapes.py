@@ -175,3 +175,58 @@ def test_all_exports_together_tell_one_story(tmp_path):
     assert got["deliveries"] >= max(expected_for(f)["deliveries"] for f in FIXTURES), got
     # Millisecond exports floor the first delivery to .123, microsecond ones say .123456: compare in ms.
     assert same_time(got.get("first_seen"), "2026-12-03T09:00:00.123Z"), got
+
+
+# -- XML: Splunk's results are read; any other XML is refused by name ------------------------------------------
+
+SPLUNK_XML = EXPORTS / "splunk_web_export.xml"
+
+
+def test_splunk_xml_streamed_as_several_documents(tmp_path):
+    # Splunk's export endpoint (output_mode=xml) streams one <results> document after another, each with its
+    # own XML declaration; they are read as one export.
+    text = SPLUNK_XML.read_text(encoding="utf-8")
+    head, body = text.split("</meta>\n", 1)
+    results = re.findall(r"\t<result offset='\d+'>.*?</result>\n", body, flags=re.S)
+    assert len(results) == 6
+    doc = "".join(f"{head}</meta>\n{''.join(results[i:i + 2])}</results>\n" for i in range(0, 6, 2))
+    streamed = tmp_path / "export.xml"
+    streamed.write_text(doc, encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", streamed, "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert report["files"][0]["format"] == "splunk-xml", report
+    got = summary(db, tmp_path)
+    assert {k: got.get(k) for k in ("deliveries", "events", "chains", "orphan_chains", "rejected")} == {
+        "deliveries": 6, "events": 5, "chains": 3, "orphan_chains": 1, "rejected": 0
+    }, got
+
+
+def test_splunk_xml_cut_short_keeps_the_results_before(tmp_path):
+    text = SPLUNK_XML.read_text(encoding="utf-8")
+    cut = tmp_path / "cut.xml"
+    cut.write_text(text[: text.index("<result offset='3'>") + 40], encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", cut, "--db", db, "--json", cwd=tmp_path)).stdout)
+    entry = report["files"][0]
+    assert "cut.xml" in str(entry["error"]), entry
+    assert summary(db, tmp_path)["deliveries"] == 3
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        '<?xml version="1.0" encoding="utf-8"?>\n<Events><Event><System><Provider Name="x"/></System>'
+        "<EventData><Data>{&quot;notification_type&quot;:&quot;new&quot;}</Data></EventData></Event></Events>\n",
+        '<?xml version="1.0"?>\n<!DOCTYPE results [<!ENTITY a "aaaaaaaaaa">]>\n<results>&a;&a;</results>\n',
+    ],
+    ids=["not-splunk", "dtd"],
+)
+def test_other_xml_is_refused_by_name(xml, tmp_path):
+    path = tmp_path / "events.xml"
+    path.write_text(xml, encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)
+    entry = report["files"][0]
+    error = str(entry["error"] or "")
+    assert "events.xml" in error and "xml" in error.lower() and "not a log export" in error, entry
+    assert not entry["new_deliveries"], entry
