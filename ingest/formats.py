@@ -373,13 +373,13 @@ def records_prefix(sample: bytes) -> str:
 
     The records are the innermost array items (objects or arrays) that contain a notification: Elasticsearch
     ``hits.hits.item``, CloudWatch ``events.item``, Datadog ``data.item``, Loki ``data.result.item.values.item``.
-    A document that is one record gives "".
+    A document that is one record gives "". The sample may hold several documents (pages) one after another.
     """
     containers: set[str] = set()
     pair_maps: set[str] = set()  # objects with a "field" key: {"field": "@message", "value": "..."} pairs
     first_array_item: str | None = None
     try:
-        for prefix, event, value in ijson.parse(io.BytesIO(sample)):
+        for prefix, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
             if event in ("start_map", "start_array"):
                 containers.add(prefix)
                 if first_array_item is None and prefix.endswith("item") and prefix.split(".")[-1] == "item":
@@ -406,7 +406,10 @@ def records_prefix(sample: bytes) -> str:
 
 def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
     def read(name: str, stream: _Rewound) -> Iterator[pa.Table]:
-        prefix = "" if multiple else records_prefix(stream.sample)
+        # Several documents back to back are either records (`jq .` output) or pages of one API response
+        # appended to one file (a scroll, a paginated search, `aws logs` calls with --next-token): the records are
+        # then the same items of every page.
+        prefix = records_prefix(stream.sample)
         batch = Batch()
         record_no = 0
         try:
