@@ -41,6 +41,9 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
         WHEN regexp_full_match(s, '-?[0-9]{9,11}\.[0-9]+') THEN tt_epoch(s::DECIMAL(22, 9))
         ELSE coalesce(
             try_cast(regexp_replace(regexp_replace(s, ',([0-9]+)', '.\1'), ' ?(UTC|GMT)$', 'Z') AS TIMESTAMPTZ)::TIMESTAMP,
+            -- Go's time.Time.String() (zap, logrus, fmt): 2026-12-03 09:00:00.123456789 +0000 UTC
+            try_cast(regexp_replace(s, '^([0-9]{4}-[0-9]{2}-[0-9]{2}) ([0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.][0-9]{1,6})?)[0-9]* ([+-][0-9]{2})([0-9]{2})(?: [A-Za-z]+)?$',
+                                    '\1T\2\3:\4') AS TIMESTAMPTZ)::TIMESTAMP,
             try_strptime(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '),
                 ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
                  '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',

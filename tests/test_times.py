@@ -1,0 +1,34 @@
+"""Times as log platforms and loggers write them: each one, found in a record's time field, is read as UTC."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import body, load
+
+# (what the record holds, the UTC time it means)
+TIMES = [
+    ("2026-12-03T09:00:00.123456Z", "2026-12-03 09:00:00.123456"),  # RFC 3339, the receiver's own
+    ("2026-12-03T10:00:00.123+01:00", "2026-12-03 09:00:00.123000"),  # with an offset
+    ("2026-12-03 09:00:00.123456", "2026-12-03 09:00:00.123456"),  # no zone: UTC
+    ("2026-12-03 09:00:00,123", "2026-12-03 09:00:00.123000"),  # Python logging's comma
+    ("2026-12-03 09:00:00 UTC", "2026-12-03 09:00:00"),  # Splunk's display form
+    ("2026-12-03 09:00:00.123456 +0000 UTC", "2026-12-03 09:00:00.123456"),  # Go time.Time.String()
+    ("2026-12-03 10:00:00.123456789 +0100 CET", "2026-12-03 09:00:00.123456"),  # ... nanoseconds, a named zone
+    ("1764752400", "2025-12-03 09:00:00"),  # epoch seconds
+    ("1764752400.5", "2025-12-03 09:00:00.500000"),  # epoch seconds with a fraction (zap's ts)
+    ("1764752400123", "2025-12-03 09:00:00.123000"),  # epoch ms (CloudWatch, Datadog)
+    ("1764752400123456789", "2025-12-03 09:00:00.123457"),  # epoch ns (Loki), to the nearest microsecond
+    ("Dec 3, 2026 @ 09:00:00.123", "2026-12-03 09:00:00.123000"),  # Kibana Discover CSV
+    ("03/Dec/2026:10:00:00 +0100", "2026-12-03 09:00:00"),  # Apache / nginx access log
+    ("Thu, 03 Dec 2026 09:00:00 GMT", "2026-12-03 09:00:00"),  # RFC 1123 (HTTP Date)
+    ("12/03/2026 09:00:00", "2026-12-03 09:00:00"),  # US display form
+]
+
+
+@pytest.mark.parametrize(("text", "utc"), TIMES, ids=[t for t, _ in TIMES])
+def test_time_field_is_read_as_utc(store, text, utc):
+    load(store, [{"time": text, "body": body("new", "T1", "R1", code="A1")}])
+    got = store.cursor().execute("SELECT strftime(first_seen, '%Y-%m-%d %H:%M:%S.%f') FROM events").fetchall()
+    want = utc if "." in utc else utc + ".000000"
+    assert got == [(want,)]
