@@ -268,11 +268,12 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             tail = data
             continue
         tail = data[cut + 1 :]
-        table = _lines_table(data[: cut + 1], record_no)
+        table = _lines_table(memoryview(data)[: cut + 1], record_no)  # a view: no copy of the chunk
+        lines = len(table)
         if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
             table = _drop_preamble(table)
         first = False
-        record_no += _count_lines(data[: cut + 1])
+        record_no += lines
         if len(table):
             yield table
     if tail:
@@ -283,11 +284,7 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             yield table
 
 
-def _count_lines(body: bytes) -> int:
-    return body.count(b"\n")
-
-
-def _lines_table(body: bytes, before: int) -> pa.Table:
+def _lines_table(body: bytes | memoryview, before: int) -> pa.Table:
     """`body` holds whole lines, each ending in a newline. Values keep their line ending (JSON ignores it)."""
     ends = np.flatnonzero(np.frombuffer(body, np.uint8) == 10)
     offsets = np.empty(len(ends) + 1, np.int64)
