@@ -23,12 +23,16 @@ from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 
 # Dense integer ids: joins on integers are several times cheaper than on 12-character fingerprints, and they
 # index the lists the pointer jumping works on. Numbering needs no order: every tie-break below uses event_id,
-# so results never depend on it. A full rebuild numbers events by their row id (events are only ever appended
-# and updated in place, so row ids are 0..N-1; checked, with a copy as the fallback): a view, so nothing is
-# copied and the scans read only the columns they need. An incremental update numbers its few events in a copy.
+# so results never depend on it. A full rebuild numbers events by their row id when those form one unbroken
+# range (events are only ever appended and updated in place: committed rows are 0..N-1, and a first load's rows,
+# still uncommitted, are another unbroken range), through a view, so nothing is copied and the scans read only
+# the columns they need. Otherwise (an upload into a store that has events: two ranges) and in an incremental
+# update, the events are numbered in a copy.
 _EVENT_COLUMNS = """event_id, notification_type = 'refresh' AS is_refresh,
        refresh_token_fp, old_refresh_token_fp, first_seen, deliveries"""
-_NUMBER_BY_ROWID = f"CREATE OR REPLACE TEMP VIEW tt_ev AS SELECT (rowid + 1)::INTEGER AS n, {_EVENT_COLUMNS} FROM events"
+_NUMBER_BY_ROWID = (
+    f"CREATE OR REPLACE TEMP VIEW tt_ev AS SELECT (rowid - {{base}} + 1)::INTEGER AS n, {_EVENT_COLUMNS} FROM events"
+)
 _NUMBER_EVENTS = f"""
 CREATE OR REPLACE TEMP TABLE tt_ev AS
 SELECT row_number() OVER ()::INTEGER AS n, {_EVENT_COLUMNS}
@@ -258,9 +262,12 @@ def _as_of(cur):
 
 def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     t0 = time.perf_counter()
-    dense = not scoped and cur.execute("SELECT coalesce(max(rowid) + 1, 0) = count(*) FROM events").fetchall()[0][0]
+    dense = False
+    if not scoped:
+        low, high, count = cur.execute("SELECT min(rowid), max(rowid), count(*) FROM events").fetchall()[0]
+        dense = count > 0 and high - low + 1 == count
     if dense:
-        cur.execute(_NUMBER_BY_ROWID)
+        cur.execute(_NUMBER_BY_ROWID.format(base=int(low)))
     else:
         cur.execute(_NUMBER_EVENTS.format(scope="WHERE event_id IN (SELECT event_id FROM tt_touched)" if scoped else ""))
     cur.execute(_LINK.format(issuers=_ISSUERS))
