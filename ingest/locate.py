@@ -47,17 +47,17 @@ _INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
 _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 
 # A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456), Apache
-# style, or a bare epoch number at the start; or (second group) the epoch of a Fluent Bit `out_file` line,
-# `tag: [1764752400.123456000, {...}]`. Whichever group matched is the time.
+# style, or a bare epoch number at the start; failing those, the epoch of a Fluent Bit `out_file` line,
+# `tag: [1764752400.123456000, {...}]` (a second pattern, tried only where the first finds nothing).
 TIME_IN_TEXT = (
     r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
     r"|^\d{10}(?:\.\d+)?\b|^\d{13,19}\b)"
-    r"|^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 )
-TIME_IN_TEXT_GROUPS = 2
+TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 IDENTITY_IN_TEXT = r"\b(?:user_id|user|sub|identity|username|alias)[=:]\s*\"?([^\s\",}]+)"
 _TIME_RE = re.compile(TIME_IN_TEXT)
+_TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
 _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
 
 _decoder = json.JSONDecoder()
@@ -98,7 +98,7 @@ class Layout:
             time = "NULL::VARCHAR"
             if self.time is not None:
                 if self.time_in_text:
-                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT, TIME_IN_TEXT_GROUPS)
+                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
                 else:
                     time, n = f"tt_all[{n}] ->> '$'", n + 1
             found = []
@@ -111,7 +111,7 @@ class Layout:
             identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
-        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, TIME_IN_TEXT_GROUPS)
+        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
         found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
@@ -334,8 +334,8 @@ def _time_candidate(node):
 
 
 def _time_in_text(text: str):
-    m = _TIME_RE.search(text)
-    return (m.group(1) or m.group(2)) if m else None
+    m = _TIME_RE.search(text) or _TAGGED_EPOCH_RE.search(text)
+    return m.group(1) if m else None
 
 
 _time_candidate.text = _time_in_text
@@ -450,16 +450,13 @@ def _sql_values(raw: str, steps, last_steps) -> str:
     raise AssertionError("unreachable")
 
 
-def _sql_text_field(raw: str, steps, in_text: bool, pattern: str, groups: int = 1) -> str:
-    """The text the first of `pattern`'s `groups` capture groups that matched holds (only one ever does)."""
+def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str) -> str:
+    """The first capture group of the first of `patterns` that finds something in the text (the later ones are
+    evaluated only for the rows the earlier ones found nothing in)."""
     if steps is None:
         return "NULL::VARCHAR"
     if not in_text:
         return _sql_value(raw, steps, as_json=False)
     text = _sql_value(raw, steps, as_json=False) if steps else raw
-    if groups == 1:
-        return f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(pattern)}, 1), '')"
-    names = [f"g{i}" for i in range(1, groups + 1)]
-    found = f"regexp_extract(tt_text_prefix({text}), {_sql_str(pattern)}, {names})"
-    parts = ", ".join(f"struct_extract({found}, '{n}')" for n in names)
-    return f"nullif(concat({parts}), '')"
+    found = [f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(p)}, 1), '')" for p in patterns]
+    return found[0] if len(found) == 1 else f"coalesce({', '.join(found)})"
