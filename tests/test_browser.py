@@ -227,15 +227,6 @@ def test_every_page_renders_and_is_captured(page, app):
     assert not page.js_errors, page.js_errors
 
 
-def test_typed_overview_path_lands_on_the_overview(page, app):
-    # The Overview is the default page, served at "/"; a bookmarked or hand-typed /overview must land on it, not
-    # on Streamlit's "page not found" dialog (which _arrived() fails on). Streamlit (1.67) redirects it to "/"
-    # and drops the query string on the way, so the range falls back to the default.
-    page.goto(f"{app['url']}/{PAGES[DEFAULT_PAGE].url_path}?range=7d")
-    _arrived(page, DEFAULT_PAGE)
-    _wait_url(page, DEFAULT_PAGE)
-
-
 def test_upload_then_drill_down(page, app):
     """The user's path: a number, an upload, the number moves; then one person's chain, found by a click."""
     before, after = app["before"], app["after"]
