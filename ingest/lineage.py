@@ -119,6 +119,25 @@ DROP TABLE tt_jump;
 DROP TABLE tt_p0;
 """
 
+# Above this many events the lists would not fit the default 1 GB buffer pool beside the rest of a rebuild
+# (25M events ran in 1.2 GB of RSS; 50M ran out of memory): the jumping then runs as joins, which DuckDB can
+# spill to disk. `tt_res` holds resolved events, `tt_pend` the others, each pointing at an ancestor `anc` at
+# distance `dist`; a round resolves the pending events whose ancestor is resolved and lets the rest jump to
+# their ancestor's ancestor. Several times slower, but it finishes.
+LIST_JUMP_MAX_EVENTS = 20_000_000
+
+_JOIN_JUMP_START = """
+CREATE OR REPLACE TEMP TABLE tt_res AS SELECT n, n AS root, 0 AS depth FROM tt_link WHERE parent IS NULL;
+CREATE OR REPLACE TEMP TABLE tt_pend AS SELECT n, parent AS anc, 1 AS dist FROM tt_link WHERE parent IS NOT NULL;
+"""
+
+_JOIN_JUMP_ROUND = """
+INSERT INTO tt_res SELECT p.n, r.root, p.dist + r.depth FROM tt_pend p JOIN tt_res r ON r.n = p.anc;
+CREATE OR REPLACE TEMP TABLE tt_pend AS
+SELECT p.n, q.anc, p.dist + q.dist AS dist FROM tt_pend p JOIN tt_pend q ON q.n = p.anc;
+DELETE FROM tt_pend WHERE n IN (SELECT n FROM tt_res);
+"""
+
 _LINEAGE = """
 CREATE OR REPLACE {target} AS
 SELECT l.event_id, l.parent_id, r.event_id AS chain_id, j.depth::INTEGER AS depth, l.interval_s,
@@ -282,8 +301,11 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     cur.execute(_FORKED.format(presented=presented))
     t_forks = time.perf_counter() - t_forks
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
-    rounds = _resolve(cur)
-    cur.execute(_RESOLVED)
+    if events > LIST_JUMP_MAX_EVENTS:
+        rounds = _resolve_by_joins(cur)
+    else:
+        rounds = _resolve(cur)
+        cur.execute(_RESOLVED)
     # every event has its chain: numbering, the issuer join and the pointer jumping are what networkx's
     # connected_components does (bench/ingest.py compares them)
     assigned = time.perf_counter() - t0 - t_forks
@@ -319,13 +341,29 @@ def _resolve(cur) -> int:
     return rounds
 
 
-def _break_cycles(cur) -> None:
-    """Cut each parent cycle at its earliest event. Sees only the unresolved events (those on or under cycles)."""
+def _resolve_by_joins(cur) -> int:
+    """The same jumping as `_resolve`, as joins (for stores too large for the lists); leaves `tt_res`."""
+    rounds = 0
+    cur.execute(_JOIN_JUMP_START)
+    pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+    while pending:
+        cur.execute(_JOIN_JUMP_ROUND)
+        rounds += 1
+        before, pending = pending, cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+        if pending and pending == before:  # what is left hangs on cycles
+            _break_cycles(cur, "l.n IN (SELECT n FROM tt_pend)")
+            cur.execute(_JOIN_JUMP_START)
+            pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
+    cur.execute("DROP TABLE tt_pend")
+    return rounds
+
+
+def _break_cycles(cur, unresolved: str = "p0[j.anc[l.n]] <> j.anc[l.n]") -> None:
+    """Cut each parent cycle at its earliest event. Sees only the unresolved events (those on or under cycles):
+    `unresolved` selects them from `tt_link l` (by default, from the lists)."""
+    lists = ", tt_jump j, tt_p0" if "j.anc" in unresolved else ""
     rows = cur.execute(
-        """
-        SELECT l.n, l.parent, l.first_seen, l.event_id
-        FROM tt_link l, tt_jump j, tt_p0 WHERE p0[j.anc[l.n]] <> j.anc[l.n]
-        """
+        f"SELECT l.n, l.parent, l.first_seen, l.event_id FROM tt_link l{lists} WHERE {unresolved}"
     ).fetchall()
     parent = {n: p for n, p, _, _ in rows}
     order = {n: (t is None, t, eid) for n, _, t, eid in rows}

@@ -145,3 +145,28 @@ def test_incremental_lineage_equals_a_full_rebuild(records, seed, parts):
     store.close()
     assert incremental[0] == full[0]
     assert incremental[1] == full[1]
+
+
+@PROPERTY
+@given(notifications(), st.integers(0, 1000), st.integers(1, 3))
+def test_pointer_jumping_by_joins_equals_jumping_on_lists(records, seed, parts):
+    """Stores too large for the lists jump by joins instead (`lineage.LIST_JUMP_MAX_EVENTS`): the same tables,
+    cycles included."""
+    from ingest import lineage
+
+    _, _, store, tmp = _ingest_all(records, parts, seed)
+    with tmp:
+        cur = store.cursor()
+        tables = ("SELECT * FROM lineage ORDER BY event_id", "SELECT * FROM chains ORDER BY chain_id")
+        with_lists = [cur.execute(q).fetchall() for q in tables]
+        limit = lineage.LIST_JUMP_MAX_EVENTS
+        lineage.LIST_JUMP_MAX_EVENTS = 0
+        try:
+            with store.transaction() as tx:
+                lineage.rebuild(tx, access_ttl_s=3600)
+        finally:
+            lineage.LIST_JUMP_MAX_EVENTS = limit
+        with_joins = [cur.execute(q).fetchall() for q in tables]
+        store.close()
+        assert with_joins[0] == with_lists[0]
+        assert with_joins[1] == with_lists[1]
