@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGES, defuse_cell, fmt_duration, fmt_int, fmt_pct, safe_csv, threshold_level
@@ -28,7 +27,6 @@ from ingest.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 END = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-TIMEOUT = 60
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -60,26 +58,6 @@ def demo(tmp_path_factory) -> dict:
 @pytest.fixture
 def empty_db(tmp_path) -> Path:
     return tmp_path / "empty.duckdb"
-
-
-@pytest.fixture
-def fresh_app(monkeypatch):
-    """`fresh_app(db)` -> an AppTest of app.py on that database, with fresh Streamlit caches.
-
-    Every AppTest run is like the first run of a new server process: Streamlit's old `pages/`-folder mode is
-    on until app.py calls `st.navigation`, and a rerun on a page runs that page file alone. The shell guard in
-    dashboard.context turns that into one more run through app.py (which drops a button click of that run).
-    """
-
-    def make(db: Path) -> AppTest:
-        monkeypatch.setenv("TOKENTRAIL_DB", str(db))
-        st.cache_data.clear()
-        st.cache_resource.clear()  # closes the previous test's store (on_release)
-        return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-
-    yield make
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 @pytest.fixture

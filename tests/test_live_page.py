@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGES, fmt_int, fmt_pct
@@ -30,7 +29,6 @@ from queries import live
 from tests.helpers import body, fp, load, record
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 60
 BUCKET = timedelta(minutes=5)
 
 
@@ -239,31 +237,11 @@ def test_spool_snapshot_counts_what_is_not_applied(tmp_path):
 
 
 @pytest.fixture
-def app(monkeypatch):
-    from streamlit.runtime import pages_manager
-
-    original = pages_manager.PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
-
+def app(dashboard_app):
     def make(db: Path, **params: str) -> AppTest:
-        monkeypatch.setenv("TOKENTRAIL_DB", str(db))
-        st.cache_data.clear()
-        st.cache_resource.clear()
-        page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-        for k, v in params.items():
-            page.query_params[k] = v
-        page.run()
-        page.switch_page(PAGES["live"].path).run()
-        return page
+        return dashboard_app(db, "live", **params)
 
-    yield make
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    return make
 
 
 def _clean(page: AppTest) -> None:

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGES, fmt_duration, fmt_int, fmt_pct
@@ -26,7 +25,6 @@ from ingest.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 MINE = ("refresh_rates", "orphans", "lifetimes", "identity")
-TIMEOUT = 60
 
 
 def _cli(*args: str):
@@ -71,23 +69,12 @@ def demo(tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def app(monkeypatch):
+def app(dashboard_app):
     def make(db: Path, page: str | None = None, **params: str) -> AppTest:
-        monkeypatch.setenv("TOKENTRAIL_DB", str(db))
-        st.cache_data.clear()
-        st.cache_resource.clear()
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-        at.query_params["range"] = "All data"  # the demo is two days long: every figure is the whole store
-        for k, v in params.items():
-            at.query_params[k] = v
-        at.run()
-        if page:
-            at.switch_page(PAGES[page].path).run()
-        return at
+        # the demo is two days long: every figure is the whole store
+        return dashboard_app(db, page, **{"range": "All data", **params})
 
-    yield make
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    return make
 
 
 def clean(at: AppTest) -> AppTest:
