@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
 
@@ -301,11 +302,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     cur.execute(_FORKED.format(presented=presented))
     t_forks = time.perf_counter() - t_forks
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
-    if events > LIST_JUMP_MAX_EVENTS:
-        rounds = _resolve_by_joins(cur)
-    else:
-        rounds = _resolve(cur)
-        cur.execute(_RESOLVED)
+    rounds = _resolve(cur, _BY_JOINS if events > LIST_JUMP_MAX_EVENTS else _ON_LISTS)
     # every event has its chain: numbering, the issuer join and the pointer jumping are what networkx's
     # connected_components does (bench/ingest.py compares them)
     assigned = time.perf_counter() - t0 - t_forks
@@ -323,48 +320,46 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
             "tables_s": time.perf_counter() - t0 - assigned - t_forks}
 
 
-def _resolve(cur) -> int:
-    """Pointer jumping until every event's ancestor is a root. Returns the number of rounds."""
+class _Jumping(NamedTuple):
+    """One way to run the pointer jumping: SQL to start, for one round, counting the unresolved events, naming
+    them (rows of `tt_link l`, for cutting cycles) and finishing with `tt_res` (n, root, depth)."""
+
+    start: str
+    round: str
+    pending: str
+    unresolved: str
+    finish: str
+
+
+_ON_LISTS = _Jumping(_JUMP_START, _JUMP_ROUND, _UNRESOLVED,
+                     "tt_link l, tt_jump j, tt_p0 WHERE p0[j.anc[l.n]] <> j.anc[l.n]", _RESOLVED)
+_BY_JOINS = _Jumping(_JOIN_JUMP_START, _JOIN_JUMP_ROUND, "SELECT count(*) FROM tt_pend",
+                     "tt_link l WHERE l.n IN (SELECT n FROM tt_pend)", "DROP TABLE tt_pend")
+
+
+def _resolve(cur, how: _Jumping) -> int:
+    """Pointer jumping until every event's ancestor is a root; leaves `tt_res`. Returns the number of rounds."""
     rounds = 0
-    cur.execute(_JUMP_START)
-    pending = cur.execute(_UNRESOLVED).fetchall()[0][0]
+    cur.execute(how.start)
+    pending = cur.execute(how.pending).fetchall()[0][0]
     while pending:
-        cur.execute(_JUMP_ROUND)
+        cur.execute(how.round)
         rounds += 1
-        before, pending = pending, cur.execute(_UNRESOLVED).fetchall()[0][0]
+        before, pending = pending, cur.execute(how.pending).fetchall()[0][0]
         # Every level of a chain is populated, so without cycles each round resolves some event. A round that
         # resolves nothing means that what is left hangs on cycles.
         if pending and pending == before:
-            _break_cycles(cur)
-            cur.execute(_JUMP_START)
-            pending = cur.execute(_UNRESOLVED).fetchall()[0][0]
+            _break_cycles(cur, how.unresolved)
+            cur.execute(how.start)
+            pending = cur.execute(how.pending).fetchall()[0][0]
+    cur.execute(how.finish)
     return rounds
 
 
-def _resolve_by_joins(cur) -> int:
-    """The same jumping as `_resolve`, as joins (for stores too large for the lists); leaves `tt_res`."""
-    rounds = 0
-    cur.execute(_JOIN_JUMP_START)
-    pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
-    while pending:
-        cur.execute(_JOIN_JUMP_ROUND)
-        rounds += 1
-        before, pending = pending, cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
-        if pending and pending == before:  # what is left hangs on cycles
-            _break_cycles(cur, "l.n IN (SELECT n FROM tt_pend)")
-            cur.execute(_JOIN_JUMP_START)
-            pending = cur.execute("SELECT count(*) FROM tt_pend").fetchall()[0][0]
-    cur.execute("DROP TABLE tt_pend")
-    return rounds
-
-
-def _break_cycles(cur, unresolved: str = "p0[j.anc[l.n]] <> j.anc[l.n]") -> None:
-    """Cut each parent cycle at its earliest event. Sees only the unresolved events (those on or under cycles):
-    `unresolved` selects them from `tt_link l` (by default, from the lists)."""
-    lists = ", tt_jump j, tt_p0" if "j.anc" in unresolved else ""
-    rows = cur.execute(
-        f"SELECT l.n, l.parent, l.first_seen, l.event_id FROM tt_link l{lists} WHERE {unresolved}"
-    ).fetchall()
+def _break_cycles(cur, unresolved: str) -> None:
+    """Cut each parent cycle at its earliest event. Sees only the unresolved events (those on or under cycles),
+    `unresolved` being their FROM ... WHERE over `tt_link l`."""
+    rows = cur.execute(f"SELECT l.n, l.parent, l.first_seen, l.event_id FROM {unresolved}").fetchall()
     parent = {n: p for n, p, _, _ in rows}
     order = {n: (t is None, t, eid) for n, _, t, eid in rows}
     state: dict[int, int] = {}  # 1 = on the current walk, 2 = finished
