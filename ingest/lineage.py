@@ -8,7 +8,8 @@
   in ceil(log2 d) rounds instead of d rounds of a recursive walk. The pointers live in two DuckDB lists
   indexed by event number, so a round is one vectorised pass (`list_transform`), not a join.
 * cycles cannot happen with real tokens, but hostile or corrupt input can make two refreshes name each
-  other's tokens. If a round resolves nothing, the rest is cycle-bound: each cycle is broken at its earliest
+  other's tokens. Pointers still unresolved after 2^k rounds with 2^k above the number of events hang on a
+  cycle (no chain is that deep): each cycle is broken at its earliest
   event (which becomes an orphan root, flagged `cycle_broken`) and the jumping resumes. This fallback is
   the only Python loop here, and it only ever sees the events on such cycles.
 * the full rebuild runs after every ingest inside its transaction, so a late parent adopts the orphan chain it
@@ -109,7 +110,11 @@ SELECT list_transform(anc, lambda a: anc[a]) AS anc, list_transform(dist, lambda
 FROM tt_jump
 """
 
-_UNRESOLVED = "SELECT len(list_filter(anc, lambda a: p0[a] <> a)) FROM tt_jump, tt_p0"
+# Whether a round is still needed, without looking at every pointer: after k rounds an event whose ancestor is
+# not yet a root points 2^k steps up (dist = 2^k), and a resolved one sits at its depth, at most 2^k. So once no
+# distance reaches 2^k every event is resolved: one `list_max`, where checking each pointer's ancestor would
+# cost half a round.
+_MAY_BE_PENDING = "SELECT coalesce(list_max(dist), 0) >= {bound} FROM tt_jump"
 
 # Back from lists to rows (n is the position). Joining this on n is cheaper than reading the lists row by row
 # in the big statements below, where DuckDB would carry the list along with every row.
@@ -302,7 +307,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     cur.execute(_FORKED.format(presented=presented))
     t_forks = time.perf_counter() - t_forks
     cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
-    rounds = _resolve(cur, _BY_JOINS if events > LIST_JUMP_MAX_EVENTS else _ON_LISTS)
+    rounds = _resolve(cur, _BY_JOINS if events > LIST_JUMP_MAX_EVENTS else _ON_LISTS, events)
     # every event has its chain: numbering, the issuer join and the pointer jumping are what networkx's
     # connected_components does (bench/ingest.py compares them)
     assigned = time.perf_counter() - t0 - t_forks
@@ -321,8 +326,9 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
 
 
 class _Jumping(NamedTuple):
-    """One way to run the pointer jumping: SQL to start, for one round, counting the unresolved events, naming
-    them (rows of `tt_link l`, for cutting cycles) and finishing with `tt_res` (n, root, depth)."""
+    """One way to run the pointer jumping: SQL to start; for one round; telling whether events may still be
+    unresolved after k rounds (true or a count; `{bound}` is 2^k); naming the unresolved events (rows of
+    `tt_link l`, for cutting cycles); and finishing with `tt_res` (n, root, depth)."""
 
     start: str
     round: str
@@ -331,27 +337,27 @@ class _Jumping(NamedTuple):
     finish: str
 
 
-_ON_LISTS = _Jumping(_JUMP_START, _JUMP_ROUND, _UNRESOLVED,
+_ON_LISTS = _Jumping(_JUMP_START, _JUMP_ROUND, _MAY_BE_PENDING,
                      "tt_link l, tt_jump j, tt_p0 WHERE p0[j.anc[l.n]] <> j.anc[l.n]", _RESOLVED)
 _BY_JOINS = _Jumping(_JOIN_JUMP_START, _JOIN_JUMP_ROUND, "SELECT count(*) FROM tt_pend",
                      "tt_link l WHERE l.n IN (SELECT n FROM tt_pend)", "DROP TABLE tt_pend")
 
 
-def _resolve(cur, how: _Jumping) -> int:
+def _resolve(cur, how: _Jumping, events: int) -> int:
     """Pointer jumping until every event's ancestor is a root; leaves `tt_res`. Returns the number of rounds."""
-    rounds = 0
+    rounds = since_start = 0
     cur.execute(how.start)
-    pending = cur.execute(how.pending).fetchall()[0][0]
-    while pending:
-        cur.execute(how.round)
-        rounds += 1
-        before, pending = pending, cur.execute(how.pending).fetchall()[0][0]
-        # Every level of a chain is populated, so without cycles each round resolves some event. A round that
-        # resolves nothing means that what is left hangs on cycles.
-        if pending and pending == before:
+    while cur.execute(how.pending.format(bound=2**since_start)).fetchall()[0][0]:
+        # Pointers still moving after 2^k rounds with 2^k > events: no chain is that deep, so what is left hangs
+        # on a cycle (or under one).
+        if 2**since_start > events:
             _break_cycles(cur, how.unresolved)
             cur.execute(how.start)
-            pending = cur.execute(how.pending).fetchall()[0][0]
+            since_start = 0
+            continue
+        cur.execute(how.round)
+        rounds += 1
+        since_start += 1
     cur.execute(how.finish)
     return rounds
 
