@@ -122,3 +122,32 @@ def test_fingerprints_are_keyed(store):
     load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="A1"))])
     stored = store.cursor().execute("SELECT access_token_fp, refresh_token_fp, auth_code_fp FROM events").fetchall()
     assert stored == [(fp(store, "T1"), fp(store, "R1"), fp(store, "A1"))]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33])
+def test_every_event_of_a_chain_gets_its_root_and_depth(store, depth):
+    # The pointer jumping stops once no distance reaches 2^rounds: a chain exactly a power of two deep is where
+    # stopping one round early would leave its last event pointing at an ancestor instead of the root.
+    records = [record("2026-12-03T00:00:00Z", body("new", "T0", "R0", code="A0"))]
+    records += [record(f"2026-12-03T{i // 60:02d}:{i % 60:02d}:30Z", body("refresh", f"T{i}", f"R{i}", f"R{i - 1}"))
+                for i in range(1, depth + 1)]
+    load(store, records)
+    rows = store.cursor().execute(
+        "SELECT e.access_token_fp, l.depth, l.chain_id FROM lineage l JOIN events e USING (event_id)").fetchall()
+    root = store.cursor().execute("SELECT event_id FROM events WHERE notification_type = 'new'").fetchall()[0][0]
+    assert sorted((d, c == root) for _, d, c in rows) == [(i, True) for i in range(depth + 1)]
+    assert {a: d for a, d, _ in rows} == {fp(store, f"T{i}"): i for i in range(depth + 1)}
+
+
+def test_a_long_cycle_is_cut_once_and_its_tail_hangs_under_it(store):
+    # Corrupt input: six refreshes each presenting the token the next one issues, plus a tail hanging off the
+    # cycle. No chain can be deeper than there are events, which is how the jumping tells a cycle.
+    ring = [record(f"2026-12-03T10:0{i}:00Z", body("refresh", f"T{i}", f"R{i}", f"R{(i - 1) % 6}")) for i in range(6)]
+    tail = [record("2026-12-03T11:00:00Z", body("refresh", "T9", "R9", "R3"))]
+    load(store, ring + tail)
+    chains = chains_by_label(store, [f"T{i}" for i in (*range(6), 9)])
+    assert [(c["root"], c["events"], c["cycle_broken"]) for c in chains] == \
+        [("T0", ["T0", "T1", "T2", "T3", "T4", "T5", "T9"], True)]
+    depths = dict(store.cursor().execute("SELECT e.access_token_fp, l.depth FROM lineage l JOIN events e USING (event_id)").fetchall())
+    # cut at its earliest event (T0): T1..T5 follow it, T9 hangs under T3
+    assert [depths[fp(store, f"T{i}")] for i in (0, 1, 2, 3, 4, 5, 9)] == [0, 1, 2, 3, 4, 5, 4]
