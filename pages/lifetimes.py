@@ -163,7 +163,7 @@ def _histogram_panel(hist) -> None:
 
 
 def _survival_panel(curve, totals: dict, ttl: float) -> None:
-    with panel("Survival: share of sessions still alive after t", key="lt-survival"):
+    with panel("Survival: sessions still alive after t", key="lt-survival"):
         if curve.empty:
             st.caption("No session with a known lifetime in this range.")
             return
