@@ -191,11 +191,12 @@ WITH agg AS (
     LEFT JOIN tt_ev l ON l.n = a.last_n
     LEFT JOIN (SELECT auth_code_fp, any_value(identity) AS identity FROM identity_map GROUP BY 1) m
         ON m.auth_code_fp = r.auth_code_fp
+), known AS (  -- the chains of known identities: the ASOF join below sorts only these
+    SELECT chain_id, identity, first_seen, last_seen FROM base WHERE identity IS NOT NULL AND first_seen IS NOT NULL
 ), relogin AS (
     -- the identity's next chain, started after this one's last event
     SELECT c.chain_id, d.first_seen AS next_start
-    FROM base c ASOF JOIN base d ON c.identity = d.identity AND d.first_seen > c.last_seen
-    WHERE c.identity IS NOT NULL
+    FROM known c ASOF JOIN known d ON c.identity = d.identity AND d.first_seen > c.last_seen
 ), candidate AS (  -- chains whose identity started again while their last refresh token was still valid
     SELECT b.chain_id, b.last_refresh_fp FROM base b JOIN relogin r USING (chain_id)
     WHERE b.last_refresh_fp IS NOT NULL AND r.next_start < b.last_seen + to_seconds($refresh_ttl)
