@@ -617,6 +617,17 @@ def engine_files() -> dict[str, float]:
     }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name: figures from different hosts differ (the same code measured 1.5-2x apart)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict:
     import duckdb
 
@@ -625,6 +636,7 @@ def environment() -> dict:
         "duckdb": duckdb.__version__,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # other work on the box skews every figure: a load average near the core count means a busy machine
         "loadavg_at_start": os.getloadavg(),
@@ -693,6 +705,7 @@ def main() -> int:
         print(f"note: (c), lineage and networkx are skipped: {why}", flush=True)
 
     env = environment()
+    print(f"host: {env['cpu']}, {env['cpus']} cpus, Python {env['python']}, DuckDB {env['duckdb']}", flush=True)
     if env["loadavg_at_start"][0] > 0.5 * (os.cpu_count() or 1):
         print(
             f"note: the machine is busy (load {env['loadavg_at_start'][0]:.1f}): figures will be noisy",

@@ -20,6 +20,15 @@ Playwright, one page after another:
 * **range**: the sidebar's "Range" changed from "All data" to "Last 24 hours" and then to "Last 7 days" (the
   slower of the two; each range is new for the page's own queries).
 
+Then the **Live receiver** page, on a copy of the database (live deliveries change it) with `tokentrail receive`
+running beside the dashboard:
+
+* **live reload**: the page opened in a new tab while the receiver takes `--live-rate` deliveries a second and
+  the dashboard applies its spool (reported with the spool lag seen meanwhile);
+* **freshness**: with the page open at auto-refresh 5 s, a burst of 10 deliveries is posted and timed until the
+  "Live deliveries" tile counts them (receiver -> spool -> the dashboard's follower -> the next refresh: about
+  1 s of applying plus up to 5 s of waiting for the refresh; target < 7 s).
+
 Each time runs from the navigation (or the click) until Streamlit's script run has finished and every chart and
 table is drawn (tests/browser_support.py: connected, not running, nothing stale, no spinner, Plotly SVGs and
 data-grid canvases present). Targets (docs: the dashboard issue): reload and switch < 2 s, range change < 1 s.
@@ -56,6 +65,7 @@ from tests.browser_support import (  # noqa: E402
 )
 
 TARGETS = {"reload_s": 2.0, "switch_s": 2.0, "range_s": 1.0}
+LIVE_TARGETS = {"reload_s": 2.0, "fresh_s": 7.0}  # fresh: about 1 s of applying + up to 5 s of auto-refresh
 PAGES = [  # (name, url path, title shown in the page header, sidebar link text); the default page is at "/"
     ("overview", "", "Overview", "Overview"),
     ("refresh-rates", "refresh-rates", "Refresh rates", "Refresh rates"),
@@ -280,6 +290,124 @@ def bench_size(n: int, db: Path, summary: dict, args) -> dict:
     return {"n": n, "db": str(db), "identity": identity, "summary": summary, "pages": rows}
 
 
+# -------------------------------------------------------------------------------------------- live page
+
+
+def _live_count(page) -> int | None:
+    from tests.browser_support import metric_values
+
+    try:
+        return int(metric_values(page)["Live deliveries"].replace(",", ""))
+    except (KeyError, ValueError):  # not drawn yet, or being redrawn
+        return None
+
+
+class _Poster:
+    """Posts chained Tyk notifications to the receiver at `rate` a second, in a thread, until stopped."""
+
+    def __init__(self, rx, rate: float, tag: str):
+        import threading
+
+        self.rx, self.rate, self.tag, self.sent, self.failed = rx, rate, tag, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tests.live_support import notification
+
+        t0 = time.perf_counter()
+        while not self._stop.is_set():
+            i = self.sent
+            body = notification(i, kind="new" if i % 50 == 0 else "refresh", tag=self.tag)
+            try:
+                ok = self.rx.post(body).status_code == 200
+            except Exception:  # noqa: BLE001 - counted, the bench goes on
+                ok = False
+            self.sent += 1
+            self.failed += not ok
+            delay = t0 + self.sent / self.rate - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def bench_live(n: int, db: Path, args) -> dict:
+    """The Live receiver page with `tokentrail receive` running on a copy of `db` (see the module docstring)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.live_support import notification, receiver
+
+    copy = OUT / "db" / f"pages-{n}-live.duckdb"
+    for suffix in ("", ".key"):
+        shutil.copyfile(str(db) + suffix, str(copy) + suffix)
+    shutil.rmtree(str(copy) + ".spool", ignore_errors=True)
+    log = OUT / "logs" / f"pages-{n}-live-server.log"
+    out: dict = {"rate_per_s": args.live_rate}
+    try:
+        with receiver(copy) as rx, dashboard(copy, log, timeout=args.timeout) as base, sync_playwright() as p:
+            browser = launch(p)
+            try:
+                ctx = browser.new_context(viewport=VIEWPORT)
+                url = f"{base}/live?refresh=5s"
+                # the first delivery makes the page show live data rather than its how-to-start panel
+                rx.post(notification(0, kind="new", tag="first"))
+                page = ctx.new_page()
+                timed_goto(page, url, "Live receiver", args.timeout)
+                page.close()
+                with _Poster(rx, args.live_rate, "load") as poster:
+                    best, lags = None, []
+                    for _ in range(max(2, args.repeat)):
+                        page = ctx.new_page()
+                        t = timed_goto(page, url, "Live receiver", args.timeout)
+                        page.close()
+                        best = t if best is None else min(best, t)
+                        lags.append(rx.metrics().get("tokentrail_spool_lag_deliveries", float("nan")))
+                out.update(reload_s=best, spool_lag_max=max(lags), posted=poster.sent, post_failures=poster.failed)
+                print(f"  live: reload {best:.2f} s under {args.live_rate:g} deliveries/s "
+                      f"(spool lag seen: {', '.join(f'{x:g}' for x in lags)})", flush=True)
+                # freshness: bursts of 10 on the open page, each timed until the tile counts it
+                page = ctx.new_page()
+                timed_goto(page, url, "Live receiver", args.timeout)
+                settle(page, timeout=args.timeout)
+                fresh = []
+                for k in range(5):
+                    deadline = time.perf_counter() + args.timeout
+                    before = None
+                    while before is None and time.perf_counter() < deadline:
+                        before = _live_count(page)
+                        time.sleep(0.1)
+                    t0 = time.perf_counter()
+                    for i in range(10):
+                        rx.post(notification(i, kind="new" if i == 0 else "refresh", tag=f"burst{k}"))
+                    seen = before
+                    while (seen is None or seen < before + 10) and time.perf_counter() < deadline:
+                        time.sleep(0.05)
+                        seen = _live_count(page)
+                    if seen is None or seen < before + 10:
+                        raise RuntimeError(f"live: a burst of 10 did not show within {args.timeout:g} s")
+                    fresh.append(time.perf_counter() - t0)
+                page.close()
+                fresh.sort()
+                out.update(fresh_s=fresh[len(fresh) // 2], fresh_max_s=fresh[-1], fresh_all_s=fresh)
+                print("  live: freshness " + ", ".join(f"{x:.1f}" for x in fresh) + " s", flush=True)
+                ctx.close()
+            finally:
+                browser.close()
+    finally:
+        for suffix in ("", ".key", ".wal"):
+            Path(str(copy) + suffix).unlink(missing_ok=True)
+        shutil.rmtree(str(copy) + ".spool", ignore_errors=True)
+    out["pass"] = {k: out[k] < v for k, v in LIVE_TARGETS.items() if out.get(k) is not None}
+    return out
+
+
 def print_table(result: dict) -> None:
     s = result["summary"]
     print(
@@ -301,6 +429,14 @@ def print_table(result: dict) -> None:
             f"{r['reload_connect_s'] or 0:>9.2f} {r['reload_run_s'] or 0:>7.2f} {r['switch_s']:>9.2f} "
             f"{mark('switch_s'):>5} {r['range_s']:>8.2f} {mark('range_s'):>5}"
         )
+    live = result.get("live")
+    if live:
+        verdict = {k: "PASS" if v else "MISS" for k, v in live["pass"].items()}
+        print(
+            f"{'live':<15} {'':>8} {live['reload_s']:>9.2f} {verdict['reload_s']:>5}   under "
+            f"{live['rate_per_s']:g} deliveries/s (spool lag <= {live['spool_lag_max']:g}); freshness median "
+            f"{live['fresh_s']:.1f} s, max {live['fresh_max_s']:.1f} s {verdict['fresh_s']} (< {LIVE_TARGETS['fresh_s']:g} s)"
+        )
 
 
 def main() -> int:
@@ -313,6 +449,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120, help="seconds for any one wait in the browser")
     ap.add_argument("--build-timeout", type=float, default=1800, help="seconds for building one database")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--live-rate", type=float, default=20, help="deliveries a second during the live page's reloads")
+    ap.add_argument("--no-live", action="store_true", help="skip the Live receiver page")
     args = ap.parse_args()
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -325,6 +463,8 @@ def main() -> int:
         if args.build_only:
             continue
         result = bench_size(n, db, summary, args)
+        if not args.no_live:
+            result["live"] = bench_live(n, db, args)
         print_table(result)
         results.append(result)
     if args.build_only:
@@ -344,6 +484,7 @@ def main() -> int:
                     "platform": platform.platform(),
                 },
                 "targets": TARGETS,
+                "live_targets": LIVE_TARGETS,
                 "results": results,
             },
             indent=1,
