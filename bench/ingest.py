@@ -31,7 +31,15 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-OUT = BENCH_DIR / "out"
+# TOKENTRAIL_BENCH_OUT moves every output (logs, databases, figures) elsewhere: the test suite runs the
+# benchmarks at a tiny size there, leaving the figures of a real run in bench/out/ alone.
+OUT = Path(os.environ.get("TOKENTRAIL_BENCH_OUT") or BENCH_DIR / "out")
+
+
+def _shown(p: Path) -> str:
+    """A path as printed: relative to the repository when inside it."""
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
 
 TARGETS = {
     "tokentrail_vs_floor": 2.5,  # (c)/(a) time at each N: at most
@@ -296,7 +304,7 @@ def bench_size(n: int, args: argparse.Namespace, exe: str | None, why_no_exe: st
     path, truth = notifications.cached(OUT, n, args.seed)
     size_mb = path.stat().st_size / 2**20
     print(
-        f"input {path.relative_to(REPO)}: {size_mb:,.0f} MB, {path.stat().st_size / n:.0f} bytes/line",
+        f"input {_shown(path)}: {size_mb:,.0f} MB, {path.stat().st_size / n:.0f} bytes/line",
         flush=True,
     )
     logs = OUT / "logs"
@@ -412,7 +420,7 @@ def bench_size(n: int, args: argparse.Namespace, exe: str | None, why_no_exe: st
         res.pop("stdout", None)
     return {
         "n": n,
-        "input": str(path.relative_to(REPO)),
+        "input": str(_shown(path)),
         "input_mb": size_mb,
         "truth": truth,
         "cases": results,
@@ -726,7 +734,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     dest = OUT / "ingest-results.json"
     dest.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print(f"\nfigures written to {dest.relative_to(REPO)}")
+    print(f"\nfigures written to {_shown(dest)}")
     if changed:
         print(f"note: the engine changed while the bench ran ({', '.join(changed)}): figures mix versions")
     return 0

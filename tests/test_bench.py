@@ -6,27 +6,39 @@ receiver page included, was timed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.browser_support import ROOT
 
 N = 3000  # lines: seconds, not minutes
-OUT = ROOT / "bench" / "out"
 
 
-def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """Where the benchmarks write (TOKENTRAIL_BENCH_OUT): not bench/out/, which holds a real run's figures."""
+    return tmp_path_factory.mktemp("bench-out")
+
+
+def _run(*args: str, out: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENTRAIL_BENCH_OUT": str(out)}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
 
 @pytest.fixture(scope="module")
-def ingest_results() -> dict:
-    _run("bench/ingest.py", "--sizes", str(N), timeout=300)
-    return json.loads((OUT / "ingest-results.json").read_text())
+def ingest_results(out) -> dict:
+    real = ROOT / "bench" / "out" / "ingest-results.json"
+    before = real.stat().st_mtime_ns if real.exists() else None
+    _run("bench/ingest.py", "--sizes", str(N), out=out, timeout=300)
+    # a real run's figures in bench/out/ are left alone
+    assert (real.stat().st_mtime_ns if real.exists() else None) == before
+    return json.loads((out / "ingest-results.json").read_text())
 
 
 def test_ingest_bench_runs_every_case_and_checks_the_truth(ingest_results):
@@ -46,12 +58,10 @@ def test_ingest_bench_runs_every_case_and_checks_the_truth(ingest_results):
 
 
 @pytest.mark.browser
-def test_pages_bench_times_every_page_and_the_live_receiver(ingest_results):
+def test_pages_bench_times_every_page_and_the_live_receiver(ingest_results, out):
     # bench/pages.py reads the log bench/ingest.py generated for this size
-    for stale in OUT.glob(f"db/pages-{N}.*"):
-        stale.unlink()
-    done = _run("bench/pages.py", "--sizes", str(N), "--repeat", "1", "--live-rate", "5", timeout=900)
-    result = json.loads((OUT / "pages-results.json").read_text())
+    done = _run("bench/pages.py", "--sizes", str(N), "--repeat", "1", "--live-rate", "5", out=out, timeout=900)
+    result = json.loads((out / "pages-results.json").read_text())
     [res] = result["results"]
     assert res["summary"]["chains"] == ingest_results["runs"][0]["truth"]["chains"]
     assert set(res["pages"]) == {"overview", "refresh-rates", "orphans", "lifetimes", "identity", "upload"}
