@@ -103,7 +103,7 @@ def create_app(settings: ReceiverSettings, recorder: Recorder | None = None) -> 
             if delta:
                 answered = ", ".join(f"{k}: {v}" for k, v in sorted(delta.items()))
                 lag = metrics.lag_now()
-                log.info("last %ds: answered %s; spool lag %d deliveries", settings.report_every, answered, lag)
+                log.info("last %gs: answered %s; spool lag %d deliveries", settings.report_every, answered, lag)
 
     async def notify(request: Request) -> Response:
         started = time.perf_counter()
