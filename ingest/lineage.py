@@ -9,9 +9,9 @@
   one DuckDB list indexed by event number, so a round is one vectorised pass (`list_transform`), not a join.
 * cycles cannot happen with real tokens, but hostile or corrupt input can make two refreshes name each
   other's tokens. Pointers still unresolved after 2^k rounds with 2^k above the number of events hang on a
-  cycle (no chain is that deep): each cycle is broken at its earliest
-  event (which becomes an orphan root, flagged `cycle_broken`) and the jumping resumes. This fallback is
-  the only Python loop here, and it only ever sees the events on such cycles.
+  cycle (no chain is that deep): each cycle is broken at its earliest event (which becomes an orphan root,
+  flagged `cycle_broken`) and the jumping starts again. This fallback is the only Python loop here, and it
+  only ever sees the events on such cycles.
 * the full rebuild runs after every ingest inside its transaction, so a late parent adopts the orphan chain it
   explains and a new identity mapping labels the chains already stored.
 """
