@@ -420,7 +420,7 @@ def bench_size(n: int, args: argparse.Namespace, exe: str | None, why_no_exe: st
         res.pop("stdout", None)
     return {
         "n": n,
-        "input": str(_shown(path)),
+        "input": _shown(path),
         "input_mb": size_mb,
         "truth": truth,
         "cases": results,

@@ -365,7 +365,8 @@ def bench_live(n: int, db: Path, args) -> dict:
                 ctx = browser.new_context(viewport=VIEWPORT)
                 url = f"{base}/live?refresh=5s"
                 # the first delivery makes the page show live data rather than its how-to-start panel
-                rx.post(notification(0, kind="new", tag="first"))
+                if rx.post(notification(0, kind="new", tag="first")).status_code != 200:
+                    raise RuntimeError(f"live: the receiver refused a notification (log: {rx.log})")
                 page = ctx.new_page()
                 timed_goto(page, url, "Live receiver", args.timeout)
                 page.close()

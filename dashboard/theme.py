@@ -55,13 +55,12 @@ CSS = f"""
 div[class*="st-key-tt-tile-"], div[class*="st-key-tt-panel-"], div[class*="st-key-tt-empty-"] {{
     background: {PANEL}; border: 1px solid {GRID}; border-radius: 4px;
 }}
-div[class*="st-key-tt-tile-"] {{ padding: 0.55rem 0.8rem 0.35rem 0.8rem; gap: 0.1rem; }}
+div[class*="st-key-tt-tile-"] {{ padding: 0.55rem 0.8rem 0.35rem 0.8rem; gap: 0.1rem; flex: 1 1 auto; }}
 div[class*="st-key-tt-panel-"] {{ padding: 0.5rem 0.7rem 0.2rem 0.7rem; }}
 div[class*="st-key-tt-empty-"] {{ padding: 1rem 1.2rem; max-width: 56rem; }}
 div[class*="st-key-tt-tile-"] [data-testid="stMetricValue"] {{ font-weight: 600; }}
-/* a row of tiles is as tall as its tallest tile */
+/* a row of tiles is as tall as its tallest tile (the tile grows inside its wrapper, the wrapper in its column) */
 [data-testid="stLayoutWrapper"]:has(> div[class*="st-key-tt-tile-"]) {{ flex: 1 1 auto; }}
-div[class*="st-key-tt-tile-"] {{ flex: 1 1 auto; }}
 /* narrow tiles (seven in a row on the overview): wrap a long label or note instead of cutting it off */
 div[class*="st-key-tt-tile-"] [data-testid="stMetricLabel"] *,
 div[class*="st-key-tt-tile-"] [data-testid="stMetricDelta"] * {{

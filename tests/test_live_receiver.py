@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -228,8 +229,6 @@ def test_the_receiver_logs_a_line_of_activity(tmp_path, caplog):
 
 def _answered(caplog) -> dict[str, int]:
     """Status -> count, summed over the receiver's activity lines ("last 0.2s: answered 200: 3, 401: 1; ...")."""
-    import re
-
     total: dict[str, int] = {}
     for r in caplog.records:
         if "answered" in r.message:
