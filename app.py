@@ -7,7 +7,10 @@ declared here from `dashboard.components.PAGES`, inside `main()`, so `AppTest.fr
 
 from __future__ import annotations
 
+import contextlib
+
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from dashboard.components import PAGES, inject_css, live_status
 from dashboard.context import get_store, shell, sidebar_controls
@@ -31,6 +34,18 @@ ICON = (
 )
 
 
+ROOT_PAGE = "overview"  # the default page, served at the app root
+ROOT_PAGE_PATH = "home"  # its url path for Streamlit's bookkeeping; never served, never linked
+
+
+def _to_root() -> None:
+    """Send a visitor of the root page's own path to the root, with the URL's parameters. Runs before the
+    sidebar's widgets bind those parameters (`st.switch_page` cannot rewrite bound ones); should they be bound
+    already, the alias page runs the Overview in place instead."""
+    with contextlib.suppress(StreamlitAPIException):
+        st.switch_page(PAGES[ROOT_PAGE].path, query_params=st.query_params.to_dict())
+
+
 def main() -> None:
     with shell():
         _run()
@@ -47,11 +62,21 @@ def _run() -> None:
     inject_css()
     pages = [
         st.Page(
-            spec.path, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=name == "overview"
+            spec.path,
+            title=spec.title,
+            icon=spec.icon,
+            url_path=ROOT_PAGE_PATH if name == ROOT_PAGE else spec.url_path,
+            default=name == ROOT_PAGE,
         )
         for name, spec in PAGES.items()
     ]
-    nav = st.navigation({"Session health": pages[:5], "Data": pages[5:]})
+    root = PAGES[ROOT_PAGE]
+    # Streamlit serves the default page at the app root only: its own url path is reserved but never matched,
+    # so `/overview` typed by hand (or bookmarked) showed "Page not found". This hidden page takes that path.
+    alias = st.Page(root.path, title=root.title, icon=root.icon, url_path=root.url_path, visibility="hidden")
+    nav = st.navigation({"Session health": pages[:5], "Data": [*pages[5:], alias]})
+    if nav.url_path == alias.url_path:
+        _to_root()
     try:
         get_store()
     except StoreError as e:
