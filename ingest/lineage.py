@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-from ingest.store import DEFAULT_REFRESH_TTL_S, set_meta
+from ingest.store import CHAINS_COLUMNS, DEFAULT_REFRESH_TTL_S, LINEAGE_COLUMNS, set_meta
 
 # Dense integer ids: joins on integers are several times cheaper than on 12-character fingerprints, and they
 # index the lists the pointer jumping works on. Numbering needs no order: every tie-break below uses event_id,
@@ -149,7 +149,6 @@ DELETE FROM tt_pend WHERE n IN (SELECT n FROM tt_res);
 """
 
 _LINEAGE = """
-CREATE OR REPLACE {target} AS
 SELECT l.event_id, l.parent_id, r.event_id AS chain_id, j.depth::INTEGER AS depth, l.interval_s,
        CASE WHEN l.interval_s IS NULL THEN NULL
             WHEN l.interval_s > $ttl THEN 'late'
@@ -161,7 +160,6 @@ JOIN (SELECT n, event_id FROM tt_link WHERE parent IS NULL) r ON r.n = j.root
 """
 
 _CHAINS = """
-CREATE OR REPLACE {target} AS
 WITH agg AS (
     SELECT j.root, count(*)::INTEGER AS events, sum(l.deliveries)::INTEGER AS deliveries,
            count(*) FILTER (l.is_refresh)::INTEGER AS refreshes,
@@ -318,9 +316,8 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
     assigned = time.perf_counter() - t0 - t_forks
     as_of = _as_of(cur)
     params = {"ttl": float(access_ttl_s), "refresh_ttl": float(refresh_ttl_s), "as_of": as_of}
-    cur.execute(_LINEAGE.format(target="TEMP TABLE tt_lineage_new" if scoped else "TABLE lineage"),
-                {"ttl": float(access_ttl_s)})
-    cur.execute(_CHAINS.format(target="TEMP TABLE tt_chains_new" if scoped else "TABLE chains"), params)
+    _write(cur, "lineage", LINEAGE_COLUMNS, _LINEAGE, {"ttl": float(access_ttl_s)}, scoped=scoped)
+    _write(cur, "chains", CHAINS_COLUMNS, _CHAINS, params, scoped=scoped)
     set_meta(cur, "as_of", as_of.isoformat() if as_of else None)
     cycles = cur.execute("SELECT count(*) FROM tt_cycle_roots").fetchall()[0][0]
     cur.execute("DROP VIEW IF EXISTS tt_ev" if dense else "DROP TABLE IF EXISTS tt_ev")
@@ -328,6 +325,16 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
         cur.execute(f"DROP TABLE IF EXISTS {t}")
     return {"rounds": rounds, "cycles_broken": cycles, "chain_assignment_s": assigned, "forks_s": t_forks,
             "tables_s": time.perf_counter() - t0 - assigned - t_forks}
+
+
+def _write(cur, table: str, columns: str, select: str, params: dict, *, scoped: bool) -> None:
+    """A full rebuild replaces `table` (declared with its per-column storage, which CREATE TABLE AS would not
+    carry); a scoped one leaves the rows in the temp table tt_<table>_new for `update` to swap in."""
+    if scoped:
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE tt_{table}_new AS {select}", params)
+    else:
+        cur.execute(f"CREATE OR REPLACE TABLE {table} ({columns})")
+        cur.execute(f"INSERT INTO {table} BY NAME {select}", params)
 
 
 class _Jumping(NamedTuple):

@@ -29,7 +29,25 @@ import duckdb
 
 SCHEMA_VERSION = "1"
 
-SCHEMA = """
+# Random ids and fingerprints are incompressible, and DuckDB's dictionary+FSST analysis of them made writing
+# `events` and `lineage` 3-4x slower: those columns are stored uncompressed. Every other column keeps DuckDB's
+# automatic compression: a file name repeated on every delivery, a notification type, an identity then take
+# a dictionary entry instead of their full text (at 1M deliveries the `source` column alone was 53 MB).
+RANDOM = "VARCHAR USING COMPRESSION uncompressed"
+
+# The derived tables are recreated by every full rebuild (`ingest.lineage`), from these definitions.
+LINEAGE_COLUMNS = f"""
+    event_id {RANDOM}, parent_id {RANDOM}, chain_id {RANDOM}, depth INTEGER,
+    interval_s DOUBLE, refresh_class VARCHAR, forked BOOLEAN
+"""
+CHAINS_COLUMNS = f"""
+    chain_id {RANDOM}, orphan BOOLEAN, root_type VARCHAR, identity VARCHAR,
+    first_seen TIMESTAMP, last_seen TIMESTAMP, events INTEGER, deliveries INTEGER, refreshes INTEGER,
+    forks INTEGER, late_refreshes INTEGER, early_refreshes INTEGER, untimed_events INTEGER,
+    span_s DOUBLE, lifetime_s DOUBLE, end_state VARCHAR, unknown_parent_fp {RANDOM}, cycle_broken BOOLEAN
+"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR);
 
 -- One row per file (or zip member) per ingest call: what was read and what it added.
@@ -42,37 +60,29 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 -- One received notification (one log record). delivery_id: an id of (event_id, received_at).
 -- upstream_status: in relay mode, the status the user's own service answered (0: no answer); else NULL.
 CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id VARCHAR, event_id VARCHAR, received_at TIMESTAMP, identity VARCHAR,
+    delivery_id {RANDOM}, event_id {RANDOM}, received_at TIMESTAMP, identity VARCHAR,
     run_id INTEGER, source VARCHAR, record_no BIGINT, upstream_status INTEGER
 );
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS upstream_status INTEGER;  -- databases made before relay mode
 
 -- One distinct notification payload; deliveries with the same payload collapse into it.
 CREATE TABLE IF NOT EXISTS events (
-    event_id VARCHAR, notification_type VARCHAR,
-    auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, old_refresh_token_fp VARCHAR,
+    event_id {RANDOM}, notification_type VARCHAR,
+    auth_code_fp {RANDOM}, access_token_fp {RANDOM}, refresh_token_fp {RANDOM}, old_refresh_token_fp {RANDOM},
     first_seen TIMESTAMP, last_seen TIMESTAMP, deliveries INTEGER, identity VARCHAR
 );
 
 -- Records that could not be read as notifications: kept with the reason, token-like values masked.
 CREATE TABLE IF NOT EXISTS quarantine (
-    quarantine_id VARCHAR, run_id INTEGER, source VARCHAR, record_no BIGINT, reason VARCHAR, excerpt VARCHAR
+    quarantine_id {RANDOM}, run_id INTEGER, source VARCHAR, record_no BIGINT, reason VARCHAR, excerpt VARCHAR
 );
 
 -- auth code fingerprint -> identity, from identity mapping files.
-CREATE TABLE IF NOT EXISTS identity_map (auth_code_fp VARCHAR, identity VARCHAR, source VARCHAR);
+CREATE TABLE IF NOT EXISTS identity_map (auth_code_fp {RANDOM}, identity VARCHAR, source VARCHAR);
 
 -- Derived by ingest.lineage.
-CREATE TABLE IF NOT EXISTS lineage (
-    event_id VARCHAR, parent_id VARCHAR, chain_id VARCHAR, depth INTEGER,
-    interval_s DOUBLE, refresh_class VARCHAR, forked BOOLEAN
-);
-CREATE TABLE IF NOT EXISTS chains (
-    chain_id VARCHAR, orphan BOOLEAN, root_type VARCHAR, identity VARCHAR,
-    first_seen TIMESTAMP, last_seen TIMESTAMP, events INTEGER, deliveries INTEGER, refreshes INTEGER,
-    forks INTEGER, late_refreshes INTEGER, early_refreshes INTEGER, untimed_events INTEGER,
-    span_s DOUBLE, lifetime_s DOUBLE, end_state VARCHAR, unknown_parent_fp VARCHAR, cycle_broken BOOLEAN
-);
+CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_COLUMNS});
+CREATE TABLE IF NOT EXISTS chains ({CHAINS_COLUMNS});
 """
 
 DEFAULT_ACCESS_TTL_S = 3600
@@ -120,14 +130,17 @@ class Store:
             raise StoreError(f"cannot open the database {path}: {e}") from e
         con.execute("SET TimeZone = 'UTC'")
         if not read_only:
-            # DICT_FSST (DuckDB >= 1.3) packs the random fingerprints and ids tightly, but writing them with
-            # it is 3-4x slower (most of the cost of writing `events` and `lineage`). Without it an ingest is
-            # faster and the database about 1.9x larger (1M lines: 250 MB instead of 133 MB).
-            with contextlib.suppress(duckdb.Error):  # a DuckDB without that method: nothing to disable
-                con.execute("SET disabled_compression_methods = 'dict_fsst'")
+            fresh = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchall()[0][0]
             con.execute(SCHEMA)
             if not con.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchall()[0][0]:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            if fresh:
+                con.execute("INSERT INTO meta VALUES ('column_compression', 'per column')")
+            elif not con.execute("SELECT count(*) FROM meta WHERE key = 'column_compression'").fetchall()[0][0]:
+                # A database made before per-column compression: its fingerprint columns would get DuckDB's
+                # DICT_FSST analysis, so that method stays off for the whole database, as it was then.
+                with contextlib.suppress(duckdb.Error):  # a DuckDB without that method: nothing to disable
+                    con.execute("SET disabled_compression_methods = 'dict_fsst'")
         key = secrets.token_hex(16) if in_memory else _load_or_create_key(path, existed=existed, con=con)
         return cls(path, con, key, read_only)
 
