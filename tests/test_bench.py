@@ -35,7 +35,7 @@ def _run(*args: str, out: Path, timeout: float) -> subprocess.CompletedProcess:
 def ingest_results(out) -> dict:
     real = ROOT / "bench" / "out" / "ingest-results.json"
     before = real.stat().st_mtime_ns if real.exists() else None
-    _run("bench/ingest.py", "--sizes", str(N), out=out, timeout=300)
+    _run("bench/ingest.py", "--sizes", str(N), "--repeat", "2", out=out, timeout=300)
     # a real run's figures in bench/out/ are left alone
     assert (real.stat().st_mtime_ns if real.exists() else None) == before
     return json.loads((out / "ingest-results.json").read_text())
@@ -53,7 +53,16 @@ def test_ingest_bench_runs_every_case_and_checks_the_truth(ingest_results):
     assert len(tt["check"]) == 6 and all(line.endswith(" ok") for line in tt["check"]), tt["check"]
     # the same chains, found by the engine and by networkx's connected components
     assert run["cases"]["lineage"]["chains"] == run["cases"]["networkx"]["chains"] == run["truth"]["chains"]
-    assert {r["name"] for r in ingest_results["ratios"]} >= {"(c)/(a) tokentrail / floor", "networkx / lineage rebuild"}
+    ratios = {r["name"]: r for r in ingest_results["ratios"]}
+    assert set(ratios) >= {"(c)/(a) tokentrail / floor", "networkx / lineage rebuild"}
+    # two rounds: every case ran in each, and each ratio is judged on the median of the rounds' own ratios
+    for case in ("floor", "naive", "tokentrail", "lineage", "networkx"):
+        assert len(run["cases"][case]["all_seconds"]) == 2, case
+    floor, tt = run["cases"]["floor"]["rounds_s"], run["cases"]["tokentrail"]["rounds_s"]
+    ca = ratios["(c)/(a) tokentrail / floor"]
+    assert ca["paired"] == pytest.approx([tt[0] / floor[0], tt[1] / floor[1]])
+    assert ca["value"] == pytest.approx(sum(ca["paired"]) / 2)
+    assert ca["fastest_runs_value"] == pytest.approx(min(tt) / min(floor))
     assert ingest_results["environment"]["cpu"]
 
 
