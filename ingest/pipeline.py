@@ -498,7 +498,7 @@ def _merge_events(cur) -> None:
     )
 
 
-# Batches are staged a group at a time: each staging statement costs ~30 ms to plan (the time parser alone is
+# Batches are staged a group at a time: each staging statement costs ~15-30 ms to plan (the time parser is
 # half of that) and ends with a tail where one thread idles, so one statement per 16 MB read (40k lines)
 # spent about a fifth of the staging time on overhead. 64 MB per statement (~160k lines) cuts that to a few
 # percent; the group holds no copy (its batches are the reader's own buffers).
