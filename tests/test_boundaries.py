@@ -24,3 +24,23 @@ def test_query_and_ingest_modules_do_not_import_ui_libraries():
     files = [*(ROOT / "queries").glob("*.py"), *(ROOT / "ingest").glob("*.py")]
     assert len(files) > 8
     assert [p.name for p in files if ui_import.search(p.read_text())] == []
+
+
+def test_ingesting_json_lines_does_not_load_pandas(tmp_path):
+    """pandas costs ~0.2 s to import, a third of a small `tokentrail ingest`: the line reader builds its
+    Arrow arrays from buffers, since pa.array() imports pandas to check its argument."""
+    log = tmp_path / "receiver.jsonl"
+    log.write_text("".join(
+        f'{{"received_at": "2026-12-03T09:00:0{i}Z", "body": {{"auth_code": "code{i}", "new_oauth_token": "tok{i}", '
+        f'"refresh_token": "ref{i}", "old_refresh_token": "", "notification_type": "new"}}}}\n'
+        for i in range(3)
+    ))
+    code = (
+        "import sys; from tokentrail.cli import main;"
+        f"rc = main(['ingest', '--db', {str(tmp_path / 'tt.duckdb')!r}, '--json', {str(log)!r}]);"
+        "print('PANDAS' if 'pandas' in sys.modules else 'CLEAN'); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '"new_deliveries": 3' in result.stdout, result.stdout
+    assert result.stdout.rstrip().endswith("CLEAN"), "ingesting JSON Lines imported pandas"
