@@ -36,9 +36,15 @@ TIME_KEYS = (
     "received_at", "receivedat", "received", "receive_time", "received_time", "time", "timestamp",
     "@timestamp", "ts", "_time", "datetime", "date", "@t", "eventtime", "event_time", "logged_at",
     "created_at", "time_local",
+    # Azure Monitor, Sumo Logic, Papertrail, Better Stack
+    "timegenerated", "_messagetime", "generated_at", "dt",
+    # systemd's journal (`journalctl -o json`): when the process logged it, else when the journal got it (us)
+    "_source_realtime_timestamp", "__realtime_timestamp",
 )
 # A log platform's own ingestion time: used only when no level has one of the above.
-INGEST_TIME_KEYS = ("ingestiontime", "receivetimestamp", "_indextime", "observedtimestamp", "@ingested", "ingested")
+INGEST_TIME_KEYS = (
+    "ingestiontime", "receivetimestamp", "_indextime", "observedtimestamp", "@ingested", "ingested", "_receipttime",
+)
 IDENTITY_KEYS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr")
 _IDENTITY_SUBKEYS = ("id", "name", "username", "email", "sub")
 
@@ -309,13 +315,21 @@ def _one_value(value):
     return value, ()
 
 
+# A zone or unit some exports append to a column's name: Azure's "TimeGenerated [UTC]", "time (UTC)".
+_KEY_ANNOTATION = re.compile(r"\s*[\[(](utc|gmt|z)[\])]\s*$", re.I)
+
+
+def _key_name(key) -> str:
+    return _KEY_ANNOTATION.sub("", str(key)).lower()
+
+
 def _ranked_scalar(node, rank: dict[str, int]):
     """The best-ranked scalar member of `node`: (rank, steps, value) or None."""
     if not isinstance(node, dict):
         return None
     best = None
     for key, value in node.items():
-        r = rank.get(str(key).lower())
+        r = rank.get(_key_name(key))
         if r is None:
             continue
         value, sub = _one_value(value)

@@ -47,6 +47,7 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             try_strptime(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '),
                 ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
                  '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',
+                 '%m/%d/%Y, %I:%M:%S.%g %p', '%m/%d/%Y, %I:%M:%S %p',
                  '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g',
                  '%a %b %d %H:%M:%S %Y', '%d %b %Y %H:%M:%S.%g', '%d %b %Y %H:%M:%S']),
             try_strptime(s, ['%d/%b/%Y:%H:%M:%S %z', '%a, %d %b %Y %H:%M:%S %z', '%Y-%m-%dT%H:%M:%S%z',

@@ -23,6 +23,7 @@ TIMES = [
     ("03/Dec/2026:10:00:00 +0100", "2026-12-03 09:00:00"),  # Apache / nginx access log
     ("Thu, 03 Dec 2026 09:00:00 GMT", "2026-12-03 09:00:00"),  # RFC 1123 (HTTP Date)
     ("12/03/2026 09:00:00", "2026-12-03 09:00:00"),  # US display form
+    ("12/3/2026, 9:00:00.123 AM", "2026-12-03 09:00:00.123000"),  # Azure portal's CSV export
 ]
 
 
@@ -32,3 +33,29 @@ def test_time_field_is_read_as_utc(store, text, utc):
     got = store.cursor().execute("SELECT strftime(first_seen, '%Y-%m-%d %H:%M:%S.%f') FROM events").fetchall()
     want = utc if "." in utc else utc + ".000000"
     assert got == [(want,)]
+
+
+# (a record's time field as some platform names it, its value, the UTC time it means)
+TIME_FIELDS = [
+    ("__REALTIME_TIMESTAMP", "1796288400123213", "2026-12-03 09:00:00.123213"),  # journalctl -o json (us)
+    ("_SOURCE_REALTIME_TIMESTAMP", "1796288400123213", "2026-12-03 09:00:00.123213"),  # ... when the process logged
+    ("TimeGenerated [UTC]", "12/3/2026, 9:00:00.123 AM", "2026-12-03 09:00:00.123000"),  # Azure portal CSV header
+    ("TimeGenerated", "2026-12-03T09:00:00.123Z", "2026-12-03 09:00:00.123000"),  # Azure Log Analytics API
+    ("_messagetime", 1796288400123, "2026-12-03 09:00:00.123000"),  # Sumo Logic (epoch ms)
+    ("generated_at", "2026-12-03T09:00:00Z", "2026-12-03 09:00:00.000000"),  # Papertrail
+    ("dt", "2026-12-03 09:00:00.123456 UTC", "2026-12-03 09:00:00.123456"),  # Better Stack
+]
+
+
+@pytest.mark.parametrize(("key", "value", "utc"), TIME_FIELDS, ids=[k for k, _, _ in TIME_FIELDS])
+def test_time_field_names_of_log_platforms(store, key, value, utc):
+    load(store, [{key: value, "MESSAGE": "hook", "body": body("new", "T1", "R1", code="A1")}])
+    got = store.cursor().execute("SELECT strftime(first_seen, '%Y-%m-%d %H:%M:%S.%f') FROM events").fetchall()
+    assert got == [(utc,)]
+
+
+def test_the_process_time_wins_over_the_journal_time(store):
+    load(store, [{"__REALTIME_TIMESTAMP": "1796288400900000", "_SOURCE_REALTIME_TIMESTAMP": "1796288400123213",
+                  "body": body("new", "T1", "R1", code="A1")}])
+    got = store.cursor().execute("SELECT strftime(first_seen, '%H:%M:%S.%f') FROM events").fetchall()
+    assert got == [("09:00:00.123213",)]
