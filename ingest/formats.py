@@ -406,17 +406,49 @@ def records_prefix(sample: bytes) -> str:
     return first_array_item or ""
 
 
+# Where query APIs that answer in columns name them, beside the rows: ES|QL (`columns`/`values`), OpenSearch SQL
+# and PPL (`schema`/`datarows`), Splunk's json_rows (`fields`/`rows`), Azure Log Analytics (`tables[].columns`/
+# `rows`), ClickHouse's JSONCompact (`meta`/`data`).
+_COLUMN_KEYS = ("columns", "schema", "fields", "meta")
+
+
+def column_names(sample: bytes, prefix: str) -> list[str] | None:
+    """The column names of a columnar result whose rows are the items at `prefix` (e.g. ``values.item``): a
+    sibling of the rows' array holding names or ``{"name": ...}`` objects. None when there is no such list."""
+    if not prefix.endswith("item"):
+        return None
+    rows = prefix[: -len("item")].rstrip(".")
+    parent = rows.rpartition(".")[0] if "." in rows else ""
+    wanted = {f"{parent}.{k}" if parent else k: [] for k in _COLUMN_KEYS}
+    try:
+        for at, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if at == prefix:  # the first row: the names come before the rows in every API above
+                break
+            if event != "string":
+                continue
+            if at.endswith(".item") and at[: -len(".item")] in wanted:
+                wanted[at[: -len(".item")]].append(value)
+            elif at.endswith(".item.name") and at[: -len(".item.name")] in wanted:
+                wanted[at[: -len(".item.name")]].append(value)
+    except ijson.JSONError:
+        pass
+    return next((names for names in wanted.values() if names), None)
+
+
 def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
     def read(name: str, stream: _Rewound) -> Iterator[pa.Table]:
         # Several documents back to back are either records (`jq .` output) or pages of one API response
         # appended to one file (a scroll, a paginated search, `aws logs` calls with --next-token): the records are
         # then the same items of every page.
         prefix = records_prefix(stream.sample)
+        names = column_names(stream.sample, prefix)
         batch = Batch()
         record_no = 0
         try:
             for item in ijson.items(stream, prefix, multiple_values=multiple, use_float=True):
                 record_no += 1
+                if names and isinstance(item, list) and len(item) == len(names):
+                    item = dict(zip(names, item, strict=True))  # a row of a columnar result, named
                 batch.add(record_no, json.dumps(_pairs_as_object(item), ensure_ascii=False), None)
                 if len(batch) >= BATCH_RECORDS:
                     yield batch.table()

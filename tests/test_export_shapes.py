@@ -230,3 +230,44 @@ def test_other_xml_is_refused_by_name(xml, tmp_path):
     error = str(entry["error"] or "")
     assert "events.xml" in error and "xml" in error.lower() and "not a log export" in error, entry
     assert not entry["new_deliveries"], entry
+
+
+# -- columnar answers: rows are arrays, their names sit beside them ---------------------------------------------
+
+COLUMNAR = [
+    # Azure Log Analytics query API: one table per result, each with its own columns
+    ('{"tables": [{"name": "PrimaryResult", "columns": [{"name": "TimeGenerated", "type": "datetime"}, '
+     '{"name": "Message", "type": "string"}], "rows": [["2026-12-03T09:00:00Z", "{\\"notification_type\\": \\"new\\"}"]]}]}',
+     "tables.item.rows.item", ["TimeGenerated", "Message"]),
+    # ClickHouse FORMAT JSONCompact
+    ('{"meta": [{"name": "received_at", "type": "DateTime64(6)"}, {"name": "body", "type": "String"}], '
+     '"data": [["2026-12-03 09:00:00.123456", "{\\"notification_type\\": \\"new\\"}"]], "rows": 1}',
+     "data.item", ["received_at", "body"]),
+    # OpenSearch SQL / PPL
+    ('{"schema": [{"name": "@timestamp", "type": "timestamp"}, {"name": "log", "type": "string"}], '
+     '"datarows": [["2026-12-03 09:00:00", "{\\"notification_type\\": \\"new\\"}"]], "total": 1}',
+     "datarows.item", ["@timestamp", "log"]),
+]
+
+
+@pytest.mark.parametrize(("doc", "prefix", "names"), COLUMNAR, ids=["azure", "clickhouse", "opensearch-sql"])
+def test_columnar_results_are_named_by_their_columns(doc, prefix, names):
+    from ingest.formats import column_names, records_prefix
+
+    sample = doc.encode()
+    assert records_prefix(sample) == prefix
+    assert column_names(sample, prefix) == names
+
+
+def test_rows_without_a_column_list_stay_as_they_are():
+    from ingest.formats import column_names, records_prefix
+
+    # Loki's [timestamp, line] pairs: `stream` labels are not columns
+    loki = (b'{"status": "success", "data": {"resultType": "streams", "result": [{"stream": {"app": "hook"}, '
+            b'"values": [["1796288400123456789", "{\\"notification_type\\": \\"new\\"}"]]}]}}')
+    prefix = records_prefix(loki)
+    assert prefix == "data.result.item.values.item"
+    assert column_names(loki, prefix) is None
+    # Elasticsearch's `fields` is an object of one-item lists, not a list of names
+    es = b'{"hits": {"hits": [{"_id": "1", "fields": {"body.notification_type": ["new"]}}]}}'
+    assert column_names(es, records_prefix(es)) is None
