@@ -31,6 +31,7 @@ import io
 import json
 import lzma
 import re
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -141,14 +142,90 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
         yield from _text_sources(name, "", _Counting(raw, on_bytes))
 
 
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes, or fewer only at the end of the stream (a raw stream's read may return less)."""
+    parts, got = [], 0
+    while got < size:
+        part = stream.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
     try:
-        sample = stream.read(SAMPLE_BYTES)
+        sample = _read_up_to(stream, SAMPLE_BYTES)
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise NotALogExport(f"{name}: cannot decompress ({compression}): {e}") from e
+    if sample[257:262] == b"ustar":  # a tar archive (`tar czf logs.tar.gz /var/log/hook/`), maybe compressed
+        yield from _tar_sources(name, compression, _Rewound(sample, stream))
+        return
     prefix = f"{compression}/" if compression else ""
+    encoding = _utf16(sample)
+    if encoding:  # e.g. PowerShell's `>` redirection writes UTF-16: read it as the UTF-8 it stands for
+        stream = _Transcoded(_Rewound(sample, stream), encoding)
+        sample = _read_up_to(stream, SAMPLE_BYTES)
+        prefix += "utf-16/"
     fmt = sniff(name, sample)
     yield Source(name, prefix + fmt, _READERS[fmt](name, _Rewound(sample, stream)))
+
+
+def _tar_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
+    """Each regular file of a tar archive, read as it streams past (no seeking, no extraction to disk); members
+    may be compressed themselves (a logrotate directory: hook.log, hook.log.1.gz). Members that are not log
+    exports (a README, a manifest) are skipped; an archive holding none is not a log export."""
+    label = "tar" + {"gzip": ".gz", "bzip2": ".bz2", "xz": ".xz"}.get(compression, "")
+    logs, skipped = 0, []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                member_name = f"{name}!{member.name}"
+                content = archive.extractfile(member)
+                try:
+                    for source in _member_sources(member_name, label, content):
+                        logs += 1
+                        yield source
+                except NotALogExport as e:
+                    skipped.append(str(e))
+                    yield Source(member_name, "skipped", iter(()))
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise ReadError(f"{name}: the tar archive ends early or is damaged: {e}") from e
+    if not logs:
+        why = f" ({skipped[0]})" if len(skipped) == 1 else ""
+        raise NotALogExport(f"{name}: the tar archive holds no log export{why}")
+
+
+def _member_sources(name: str, label: str, content: BinaryIO) -> Iterator[Source]:
+    head = content.read(8)
+    stream = _Rewound(head, content)
+    if head[:2] == b"\x1f\x8b":
+        yield from _text_sources(name, f"{label}/gzip", gzip.GzipFile(fileobj=stream, mode="rb"))
+    elif head[:3] == b"BZh":
+        yield from _text_sources(name, f"{label}/bzip2", bz2.BZ2File(stream))
+    elif head[:6] == b"\xfd7zXZ\x00":
+        yield from _text_sources(name, f"{label}/xz", lzma.LZMAFile(stream))  # noqa: SIM115
+    else:
+        yield from _text_sources(name, label, stream)
+
+
+def _utf16(sample: bytes) -> str | None:
+    """'utf-16' for text with a UTF-16 byte order mark; 'utf-16-le'/'utf-16-be' for mostly-ASCII UTF-16 without
+    one (every other byte zero); else None."""
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not sample.startswith(codecs.BOM_UTF32_LE):
+        return "utf-16"
+    probe = sample[:4096]
+    if len(probe) < 16:
+        return None
+    odd, even = probe[1::2], probe[0::2]
+    if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.05 * len(even):
+        return "utf-16-le"
+    if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.05 * len(odd):
+        return "utf-16-be"
+    return None
 
 
 def sniff(name: str, sample: bytes) -> str:
@@ -228,7 +305,14 @@ def _json_values(sample: bytes) -> int:
     return count
 
 
+# Excel's delimiter hint, the first line of CSV files saved for (or by) it: sep=;
+_SEP_HINT = re.compile(r'^"?sep=(.)"?$')
+_BY_DELIMITER = {"\t": "tsv", ",": "csv", ";": "csv;"}
+
+
 def _csv_dialect(lines: list[str]) -> str | None:
+    if lines and (hint := _SEP_HINT.match(lines[0].strip())):
+        return _BY_DELIMITER.get(hint.group(1))
     if len(lines) < 2:
         return None
     for delim, fmt in (("\t", "tsv"), (",", "csv"), (";", "csv")):
@@ -329,6 +413,8 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
         reader = csv.reader(text, delimiter=delimiter)
         try:
             header = next(reader)
+            if _SEP_HINT.match(delimiter.join(header).strip()):
+                header = next(reader)
         except StopIteration:
             return
         header = [_unescape(h.strip()) for h in header]
@@ -594,6 +680,34 @@ class _Seekless(io.RawIOBase):
 
     def readinto(self, b) -> int:
         data = self.f.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Transcoded(io.RawIOBase):
+    """UTF-8 bytes of a stream in another encoding, decoded incrementally (bounded memory)."""
+
+    def __init__(self, stream: BinaryIO, encoding: str):
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self.buffer = b""
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) < size):
+            chunk = self.stream.read(1 << 20)
+            self.done = not chunk
+            self.buffer += self.decoder.decode(chunk, final=self.done).encode("utf-8")
+        if size < 0:
+            size = len(self.buffer)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
 

@@ -51,7 +51,7 @@ def render() -> None:
             accept_multiple_files=True,
             key=f"upload_logs_{nonce}",
             help="Any log platform's export of your receiver's log: JSON Lines, JSON (Loki, Elasticsearch, "
-            "CloudWatch, Datadog, Grafana...), CSV/TSV, plain text lines; gzip or zip. Uploading the same "
+            "CloudWatch, Datadog, Grafana...), CSV/TSV, plain text lines; gzip, zip or tar. Uploading the same "
             "records twice adds nothing.",
         )
     with right:

@@ -271,3 +271,86 @@ def test_rows_without_a_column_list_stay_as_they_are():
     # Elasticsearch's `fields` is an object of one-item lists, not a list of names
     es = b'{"hits": {"hits": [{"_id": "1", "fields": {"body.notification_type": ["new"]}}]}}'
     assert column_names(es, records_prefix(es)) is None
+
+
+# -- archives and encodings: the same exports, packed or encoded as people hand them over -----------------------
+
+def _story_of(db: Path, cwd: Path) -> dict:
+    got = summary(db, cwd)
+    return {k: got.get(k) for k in ("deliveries", "events", "chains", "orphan_chains", "rejected", "untimed")}
+
+
+STORY_OF_SIX = {"deliveries": 6, "events": 5, "chains": 3, "orphan_chains": 1, "rejected": 0, "untimed": 0}
+
+
+def _add(archive, name: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), 1796288400
+    archive.addfile(info, io.BytesIO(data))
+
+
+def test_a_tar_gz_of_a_log_directory_loads_every_log_and_skips_the_rest(tmp_path):
+    # `tar czf hook-logs.tar.gz /var/log/tyk-hook/`: logrotate's current file, an older one compressed, a README
+    import gzip
+    import tarfile
+
+    lines = (EXPORTS / "receiver_plain.jsonl").read_bytes().splitlines(keepends=True)
+    packed = tmp_path / "hook-logs.tar.gz"
+    with tarfile.open(packed, "w:gz") as archive:
+        _add(archive, "tyk-hook/README.txt", b"\x89PNG\r\n\x1a\n not a log")
+        _add(archive, "tyk-hook/hook.log.1.gz", gzip.compress(b"".join(lines[:3]), mtime=0))
+        _add(archive, "tyk-hook/hook.log", b"".join(lines[3:]))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", packed, "--db", db, "--json", cwd=tmp_path)).stdout)
+    by_member = {f["path"].rpartition("!")[2]: f for f in report["files"]}
+    assert by_member["tyk-hook/README.txt"]["format"] == "skipped", report
+    assert by_member["tyk-hook/hook.log.1.gz"]["format"] == "tar.gz/gzip/jsonl", report
+    assert by_member["tyk-hook/hook.log"]["format"] == "tar.gz/jsonl", report
+    assert by_member["tyk-hook/hook.log.1.gz"]["records"] == 3 and by_member["tyk-hook/hook.log"]["records"] == len(lines) - 3
+    assert _story_of(db, tmp_path) == STORY_OF_SIX
+
+
+def test_a_tar_without_a_log_is_one_clear_error(tmp_path):
+    import tarfile
+
+    packed = tmp_path / "bundle.tar"
+    with tarfile.open(packed, "w") as archive:
+        _add(archive, "screenshot.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", packed, "--db", db, "--json", cwd=tmp_path)).stdout)
+    errors = [f["error"] for f in report["files"] if f["error"]]
+    assert len(errors) == 1 and "bundle.tar" in errors[0] and "no log export" in errors[0], report
+
+
+@pytest.mark.parametrize("name", ["receiver_plain.jsonl", "kibana_discover.csv", "elasticsearch_search.json"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_exports_read_like_their_utf8_original(name, encoding, tmp_path):
+    # Windows PowerShell's `>` writes UTF-16 with a byte order mark ("utf-16"); some tools write it without one
+    original = EXPORTS / name
+    recoded = tmp_path / name
+    recoded.write_bytes(original.read_text(encoding="utf-8").encode(encoding))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", recoded, "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert report["files"][0]["format"].startswith("utf-16/"), report
+    expected = expected_for(original)
+    got = summary(db, tmp_path)
+    assert not mismatches(got, {k: expected[k] for k in ("deliveries", "events", "chains", "first_seen", "last_seen")}), got
+
+
+def test_excel_delimiter_hint_line(tmp_path):
+    # A CSV saved by a European Excel: semicolons, and the `sep=;` line it writes or expects first
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO((EXPORTS / "kibana_discover_noescape.csv").read_text(encoding="utf-8"))))
+    out = io.StringIO()
+    out.write("sep=;\r\n")
+    csv.writer(out, delimiter=";").writerows(rows)
+    saved = tmp_path / "export.csv"
+    saved.write_text(out.getvalue(), encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", saved, "--db", db, cwd=tmp_path))
+    assert _story_of(db, tmp_path) == STORY_OF_SIX
