@@ -58,6 +58,11 @@ _MAGIC = {
     b"\x7fELF": "an executable",
     b"SQLite format 3": "an SQLite database",
     b"DUCK": "a DuckDB database",
+    # compressions and archives this reader does not unpack: say how to get at the logs
+    b"\x28\xb5\x2f\xfd": "Zstandard-compressed: decompress it first (zstd -d FILE), or compress with gzip",
+    b"\x04\x22\x4d\x18": "LZ4-compressed: decompress it first (lz4 -d FILE), or compress with gzip",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it first, or pack the logs as zip or tar.gz",
+    b"Rar!\x1a\x07": "a RAR archive: unpack it first, or pack the logs as zip or tar.gz",
 }
 
 
