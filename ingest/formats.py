@@ -266,10 +266,24 @@ def sniff(name: str, sample: bytes) -> str:
                 return "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
+    if _is_yaml_stream(lines[:40]):
+        return "yaml"
     dialect = _csv_dialect(lines[:20])
     if dialect:
         return dialect
     return "text"
+
+
+_YAML_KEY = re.compile(r"^\s*(- )?[A-Za-z_@][\w@.\-/]*:(\s|$)")
+
+
+def _is_yaml_stream(lines: list[str]) -> bool:
+    """YAML documents each opened by `---`: what `gcloud logging read` prints unless told --format=json."""
+    if not lines or lines[0].rstrip() != "---":
+        return False
+    # every unindented line is a key or a document start; indented ones are nested values or folded text
+    top = [ln for ln in lines[1:-1] if ln.strip() and not ln[0].isspace() and ln.rstrip() != "---"]
+    return len(top) >= 2 and all(_YAML_KEY.match(ln) for ln in top)
 
 
 def _binary_ratio(probe: bytes) -> float:
@@ -506,11 +520,25 @@ _COLUMN_KEYS = ("columns", "schema", "fields", "meta")
 def column_names(sample: bytes, prefix: str) -> list[str] | None:
     """The column names of a columnar result whose rows are the items at `prefix` (e.g. ``values.item``): a
     sibling of the rows' array holding names or ``{"name": ...}`` objects. None when there is no such list."""
+    return _columns(sample, prefix)[0]
+
+
+def column_major(sample: bytes, prefix: str) -> bool:
+    """Whether the items at `prefix` are whole columns, not rows: Grafana's data frames (`schema.fields` beside
+    `data.values`) and Splunk's json_cols (`fields` beside `columns`)."""
+    return _columns(sample, prefix)[1]
+
+
+def _columns(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
     if not prefix.endswith("item"):
-        return None
+        return None, False
     rows = prefix[: -len("item")].rstrip(".")
     parent = rows.rpartition(".")[0] if "." in rows else ""
-    wanted = {f"{parent}.{k}" if parent else k: [] for k in _COLUMN_KEYS}
+    grandparent = parent.rpartition(".")[0] if "." in parent else ""
+    frame_fields = f"{grandparent}.schema.fields" if grandparent else "schema.fields"
+    wanted = {f"{parent}.{k}" if parent else k: [] for k in _COLUMN_KEYS if k != rows.rpartition(".")[2]}
+    if rows.endswith("data.values"):
+        wanted[frame_fields] = []
     try:
         for at, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
             if at == prefix:  # the first row: the names come before the rows in every API above
@@ -523,7 +551,10 @@ def column_names(sample: bytes, prefix: str) -> list[str] | None:
                 wanted[at[: -len(".item.name")]].append(value)
     except ijson.JSONError:
         pass
-    return next((names for names in wanted.values() if names), None)
+    for where, names in wanted.items():
+        if names:
+            return names, where == frame_fields or rows.rpartition(".")[2] == "columns"
+    return None, False
 
 
 def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
@@ -532,11 +563,21 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         # appended to one file (a scroll, a paginated search, `aws logs` calls with --next-token): the records are
         # then the same items of every page.
         prefix = records_prefix(stream.sample)
-        names = column_names(stream.sample, prefix)
+        names, by_column = _columns(stream.sample, prefix)
         batch = Batch()
         record_no = 0
+        frame: list[list] = []  # the columns of a column-major answer, until all of them are read
         try:
             for item in ijson.items(stream, prefix, multiple_values=multiple, use_float=True):
+                if by_column and names and isinstance(item, list):
+                    frame.append(item)
+                    if len(frame) == len(names):
+                        for row in zip(*frame, strict=False):
+                            record_no += 1
+                            batch.add(record_no, json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False,
+                                                            default=str), None)
+                        frame = []
+                    continue
                 record_no += 1
                 if names and isinstance(item, list) and len(item) == len(names):
                     item = dict(zip(names, item, strict=True))  # a row of a columnar result, named
@@ -552,6 +593,9 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
             ) from e
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
+        for column in frame:  # an incomplete frame: its columns as they are, for the quarantine
+            record_no += 1
+            batch.add(record_no, json.dumps(column, ensure_ascii=False, default=str), None)
         if len(batch):
             yield batch.table()
 
@@ -570,6 +614,47 @@ def _pairs_as_object(item):
 
 
 _XML_DECLARATION = re.compile(rb"<\?xml[^>]*\?>")
+
+
+def _read_yaml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """YAML documents separated by `---` lines, one record each (numbered by the line its document starts on),
+    read a document at a time. A document that does not parse is a record with its error, kept for the
+    quarantine."""
+    import yaml  # only YAML exports need it
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline=None)
+    batch = Batch()
+    lines: list[str] = []
+    start = 0
+
+    def flush() -> None:
+        if not any(ln.strip() for ln in lines):
+            return
+        doc = "".join(lines)
+        try:
+            value = yaml.load(doc, Loader=loader)  # noqa: S506 - a safe loader
+            batch.add(start, json.dumps(value, ensure_ascii=False, default=str), None)
+        except yaml.YAMLError as e:
+            batch.add(start, doc, f"invalid YAML: {str(e).splitlines()[0]}")
+
+    try:
+        for line_no, line in enumerate(text, 1):
+            if line.rstrip() == "---":
+                flush()
+                lines, start = [], line_no + 1
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch.table()
+                    batch = Batch()
+                continue
+            if not lines:
+                start = line_no
+            lines.append(line)
+        flush()
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after line {start}: {e}") from e
+    if len(batch):
+        yield batch.table()
 
 
 def _read_splunk_xml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
@@ -641,6 +726,7 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "json-object": _read_json_document(multiple=False),
     "json-stream": _read_json_document(multiple=True),
     "splunk-xml": _read_splunk_xml,
+    "yaml": _read_yaml,
 }
 
 

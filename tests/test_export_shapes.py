@@ -259,6 +259,29 @@ def test_columnar_results_are_named_by_their_columns(doc, prefix, names):
     assert column_names(sample, prefix) == names
 
 
+@pytest.mark.parametrize(
+    ("doc", "prefix", "names", "by_column"),
+    [
+        # ES|QL: rows beside their column list
+        (b'{"columns": [{"name": "@timestamp"}, {"name": "message"}], "values": [["2026-12-03T09:00:00Z", '
+         b'"{\\"notification_type\\": \\"new\\"}"]]}', "values.item", ["@timestamp", "message"], False),
+        # Splunk json_cols: `columns` holds the data, `fields` the names
+        (b'{"fields": ["_time", "_raw"], "columns": [["2026-12-03T09:00:00Z"], '
+         b'["{\\"notification_type\\": \\"new\\"}"]]}', "columns.item", ["_time", "_raw"], True),
+        # a Grafana data frame: names in schema.fields, columns in data.values
+        (b'[{"schema": {"fields": [{"name": "Time"}, {"name": "Line"}]}, "data": {"values": [[1796288400123], '
+         b'["{\\"notification_type\\": \\"new\\"}"]]}}]', "item.data.values.item", ["Time", "Line"], True),
+    ],
+    ids=["esql-rows", "splunk-json-cols", "grafana-frame"],
+)
+def test_rows_and_columns_are_told_apart(doc, prefix, names, by_column):
+    from ingest.formats import column_major, column_names, records_prefix
+
+    assert records_prefix(doc) == prefix
+    assert column_names(doc, prefix) == names
+    assert column_major(doc, prefix) is by_column
+
+
 def test_rows_without_a_column_list_stay_as_they_are():
     from ingest.formats import column_names, records_prefix
 
@@ -354,3 +377,17 @@ def test_excel_delimiter_hint_line(tmp_path):
     db = tmp_path / "x.duckdb"
     ok(tokentrail("ingest", saved, "--db", db, cwd=tmp_path))
     assert _story_of(db, tmp_path) == STORY_OF_SIX
+
+
+def test_a_yaml_document_that_does_not_parse_is_quarantined_by_its_line(tmp_path):
+    text = (EXPORTS / "gcloud_logging_read.yaml").read_text(encoding="utf-8")
+    starts = [i for i, line in enumerate(text.splitlines(), 1) if line == "---"]
+    docs = text.split("---\n")[1:]
+    docs[2] = "jsonPayload: {body: [unclosed\n" + docs[2]  # the third entry breaks
+    broken = tmp_path / "logs.yaml"
+    broken.write_text("".join("---\n" + d for d in docs), encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", broken, "--db", db, cwd=tmp_path))
+    rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert [(r["record_no"], "yaml" in r["reason"].lower()) for r in rows] == [(starts[2] + 1, True)], rows
+    assert summary(db, tmp_path)["deliveries"] == 5
