@@ -268,6 +268,8 @@ def sniff(name: str, sample: bytes) -> str:
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
     if _is_yaml_stream(lines[:40]):
         return "yaml"
+    if lines and lines[0].startswith("EVENTS\t"):
+        return "aws-text"
     dialect = _csv_dialect(lines[:20])
     if dialect:
         return dialect
@@ -657,6 +659,43 @@ def _read_yaml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         yield batch.table()
 
 
+def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """`aws logs filter-log-events` / `get-log-events` with `--output text` (a common default in ~/.aws/config):
+    one `EVENTS` line per log event, its fields tab-separated in alphabetical order (eventId, ingestionTime,
+    logStreamName, message, timestamp; get-log-events has no eventId or logStreamName). The message is the field
+    before the timestamp (tabs inside it are rejoined). Other lines (`SEARCHEDLOGSTREAMS`, `NEXTTOKEN`...) are
+    the command's own metadata, not log records."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=None)
+    batch = Batch()
+    line_no = 0
+    try:
+        for line_no, line in enumerate(text, 1):
+            fields = line.rstrip("\r\n").split("\t")
+            if fields[0] != "EVENTS":
+                continue
+            head = 4 if len(fields) >= 6 else 2  # EVENTS, [eventId,] ingestionTime, [logStreamName,]
+            if len(fields) < 4:
+                batch.add(line_no, line, None)  # not an event line after all: kept, for the quarantine
+                continue
+            record = {"timestamp": fields[-1], "ingestionTime": fields[2 if head == 4 else 1],
+                      "message": "\t".join(fields[head:-1])}
+            if head == 4:
+                record["logStreamName"] = fields[3]
+            dumped = json.dumps(record, ensure_ascii=False)
+            error = None
+            if "\\udc" in dumped:
+                error = "invalid UTF-8 in the line"
+                dumped = dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            batch.add(line_no, dumped, error)
+            if len(batch) >= BATCH_RECORDS:
+                yield batch.table()
+                batch = Batch()
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after line {line_no}: {e}") from e
+    if len(batch):
+        yield batch.table()
+
+
 def _read_splunk_xml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     """Splunk XML results: `<results><result offset=..><field k=..><value><text>..</text></value>` (several
     `<value>`s for a multi-valued field) or `<v xml:space='preserve'>` for `_raw` (which may hold `<sg>`
@@ -727,6 +766,7 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "json-stream": _read_json_document(multiple=True),
     "splunk-xml": _read_splunk_xml,
     "yaml": _read_yaml,
+    "aws-text": _read_aws_text,
 }
 
 

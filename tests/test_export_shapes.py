@@ -391,3 +391,18 @@ def test_a_yaml_document_that_does_not_parse_is_quarantined_by_its_line(tmp_path
     rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
     assert [(r["record_no"], "yaml" in r["reason"].lower()) for r in rows] == [(starts[2] + 1, True)], rows
     assert summary(db, tmp_path)["deliveries"] == 5
+
+
+def test_get_log_events_as_aws_cli_text(tmp_path):
+    # `aws logs get-log-events --output text`: EVENTS, ingestionTime, message, timestamp (no eventId or stream)
+    source = EXPORTS / "cloudwatch_get_log_events.json"
+    events = json.loads(source.read_text(encoding="utf-8"))["events"]
+    lines = [f"EVENTS\t{e['ingestionTime']}\t{e['message'].rstrip()}\t{e['timestamp']}\n" for e in events]
+    text = tmp_path / "events.txt"
+    text.write_text("".join(lines) + "NEXTBACKWARDTOKEN\tb/123\nNEXTFORWARDTOKEN\tf/456\n", encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", text, "--db", db, "--identities", IDENTITIES, "--json",
+                                      cwd=tmp_path)).stdout)
+    assert report["files"][0]["format"] == "aws-text" and report["files"][0]["records"] == len(events), report
+    expected = expected_for(source)
+    assert not mismatches(summary(db, tmp_path), expected)
