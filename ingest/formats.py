@@ -234,7 +234,8 @@ def _utf16(sample: bytes) -> str | None:
 
 
 def sniff(name: str, sample: bytes) -> str:
-    """Return the text layout of a sample: jsonl, json-array, json-object, json-stream, csv, tsv or text."""
+    """Return the text layout of a sample: jsonl, json-array, json-object, json-stream, splunk-xml, yaml,
+    aws-text, csv, csv; (semicolons), tsv or text."""
     if sample.startswith(codecs.BOM_UTF8):
         sample = sample[3:]
     if not sample.strip():
@@ -673,14 +674,14 @@ def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             fields = line.rstrip("\r\n").split("\t")
             if fields[0] != "EVENTS":
                 continue
-            head = 4 if len(fields) >= 6 else 2  # EVENTS, [eventId,] ingestionTime, [logStreamName,]
             if len(fields) < 4:
                 batch.add(line_no, line, None)  # not an event line after all: kept, for the quarantine
                 continue
-            record = {"timestamp": fields[-1], "ingestionTime": fields[2 if head == 4 else 1],
-                      "message": "\t".join(fields[head:-1])}
-            if head == 4:
-                record["logStreamName"] = fields[3]
+            if len(fields) >= 6:  # filter-log-events: EVENTS, eventId, ingestionTime, logStreamName, ...
+                record = {"ingestionTime": fields[2], "logStreamName": fields[3], "message": "\t".join(fields[4:-1])}
+            else:  # get-log-events: EVENTS, ingestionTime, message, timestamp
+                record = {"ingestionTime": fields[1], "message": "\t".join(fields[2:-1])}
+            record["timestamp"] = fields[-1]
             dumped = json.dumps(record, ensure_ascii=False)
             error = None
             if "\\udc" in dumped:
