@@ -452,12 +452,7 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
                     record = dict(zip(header, map(_unescape, row), strict=False))
                     if len(row) > len(header):
                         record["_extra"] = row[len(header) :]
-                    dumped = json.dumps(record, ensure_ascii=False)
-                    error = None
-                    if "\\udc" in json.dumps(record):
-                        error = "invalid UTF-8 in the row"
-                        dumped = dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                    batch.add(record_no, dumped, error)
+                    batch.add(record_no, *_as_json(record, "row"))
                 if len(batch) >= BATCH_RECORDS:
                     yield batch.table()
                     batch = Batch()
@@ -469,6 +464,17 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
             yield batch.table()
 
     return read
+
+
+def _as_json(record: dict, what: str) -> tuple[str, str | None]:
+    """A record of text decoded with errors="surrogateescape", as JSON text and an error: bytes that were not
+    UTF-8 become U+FFFD, and the error says so."""
+    dumped = json.dumps(record, ensure_ascii=False)
+    try:
+        dumped.encode("utf-8")
+        return dumped, None
+    except UnicodeEncodeError:
+        return dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), f"invalid UTF-8 in the {what}"
 
 
 def _unescape(cell: str) -> str:
@@ -682,12 +688,7 @@ def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             else:  # get-log-events: EVENTS, ingestionTime, message, timestamp
                 record = {"ingestionTime": fields[1], "message": "\t".join(fields[2:-1])}
             record["timestamp"] = fields[-1]
-            dumped = json.dumps(record, ensure_ascii=False)
-            error = None
-            if "\\udc" in dumped:
-                error = "invalid UTF-8 in the line"
-                dumped = dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            batch.add(line_no, dumped, error)
+            batch.add(line_no, *_as_json(record, "line"))
             if len(batch) >= BATCH_RECORDS:
                 yield batch.table()
                 batch = Batch()

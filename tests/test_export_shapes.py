@@ -406,3 +406,15 @@ def test_get_log_events_as_aws_cli_text(tmp_path):
     assert report["files"][0]["format"] == "aws-text" and report["files"][0]["records"] == len(events), report
     expected = expected_for(source)
     assert not mismatches(summary(db, tmp_path), expected)
+
+
+def test_aws_cli_text_with_a_line_that_is_not_utf8(tmp_path):
+    lines = (EXPORTS / "cloudwatch_filter_log_events.txt").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"tyk oauth notification", b"tyk oauth notification \xff\xfe")
+    text = tmp_path / "events.txt"
+    text.write_bytes(b"".join(lines))
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", text, "--db", db, cwd=tmp_path))
+    rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert [(r["record_no"], "utf-8" in r["reason"].lower()) for r in rows] == [(2, True)], rows
+    assert summary(db, tmp_path)["deliveries"] == 5
