@@ -53,11 +53,13 @@ _INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
 _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 
 # A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456), Apache
-# style, or a bare epoch number at the start; failing those, the epoch of a Fluent Bit `out_file` line,
+# style, a classic syslog line's `Dec  3 09:00:00` at the start (no year: see tt_yearless), or a bare epoch
+# number at the start; failing those, the epoch of a Fluent Bit `out_file` line,
 # `tag: [1764752400.123456000, {...}]` (a second pattern, tried only where the first finds nothing).
 TIME_IN_TEXT = (
     r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
+    r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}\b"
     r"|^\d{10}(?:\.\d+)?\b|^\d{13,19}\b)"
 )
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"

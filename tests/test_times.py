@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 
 from tests.helpers import body, load
@@ -59,3 +62,30 @@ def test_the_process_time_wins_over_the_journal_time(store):
                   "body": body("new", "T1", "R1", code="A1")}])
     got = store.cursor().execute("SELECT strftime(first_seen, '%H:%M:%S.%f') FROM events").fetchall()
     assert got == [("09:00:00.123213",)]
+
+
+def _syslog_form(t) -> str:
+    return f"{t:%b} {t.day:2d} {t:%H:%M:%S}"  # RFC 3164: "Dec  3 09:00:00", day padded with a space
+
+
+@pytest.mark.parametrize("days", [-2, 20], ids=["two-days-ago", "three-weeks-ahead"])
+def test_classic_syslog_times_take_the_latest_year_not_in_the_future(store, days):
+    # rsyslog's traditional format has no year: as rsyslog and Logstash do, the current year, unless that puts
+    # the time more than a day ahead of now (a December line read in January belongs to last year).
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    when = now + timedelta(days=days)
+    if (when.month, when.day) == (2, 29):
+        when += timedelta(days=1)
+    want = when.replace(year=now.year)
+    if want > now + timedelta(days=1):
+        want = want.replace(year=now.year - 1)
+    assert (want < now) if days < 0 else (want.year < when.year)  # three weeks ahead: a year back
+    lines = f"{_syslog_form(when)} hook-1 tyk-hook[812]: tyk oauth notification body=" + json.dumps(
+        body("new", "T1", "R1", code="A1")) + "\n"
+    from ingest.pipeline import ingest
+
+    ingest(store, [("syslog", io.BytesIO(lines.encode()))])
+    got = store.cursor().execute("SELECT first_seen FROM events").fetchall()
+    assert got == [(want,)]
