@@ -117,12 +117,10 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
     """
     head = raw.read(8)
     raw.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        yield from _text_sources(name, "gzip", gzip.GzipFile(fileobj=_Counting(raw, on_bytes), mode="rb"))
-    elif head[:3] == b"BZh":
-        yield from _text_sources(name, "bzip2", bz2.BZ2File(_Counting(raw, on_bytes)))
-    elif head[:6] == b"\xfd7zXZ\x00":
-        yield from _text_sources(name, "xz", lzma.LZMAFile(_Counting(raw, on_bytes)))  # noqa: SIM115
+    compression = _compression(head)
+    if compression:
+        label, decompress = compression
+        yield from _text_sources(name, label, decompress(_Counting(raw, on_bytes)))
     elif head[:4] == b"PK\x03\x04":
         try:
             archive = zipfile.ZipFile(raw)
@@ -145,6 +143,18 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
             on_bytes(raw.seek(0, io.SEEK_END))
     else:
         yield from _text_sources(name, "", _Counting(raw, on_bytes))
+
+
+# Stream compressions, by their magic bytes: (label, a reader of the decompressed bytes).
+_COMPRESSIONS: tuple[tuple[bytes, str, Callable[[BinaryIO], BinaryIO]], ...] = (
+    (b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", "bzip2", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile),
+)
+
+
+def _compression(head: bytes) -> tuple[str, Callable[[BinaryIO], BinaryIO]] | None:
+    return next(((label, reader) for magic, label, reader in _COMPRESSIONS if head.startswith(magic)), None)
 
 
 def _read_up_to(stream: BinaryIO, size: int) -> bytes:
@@ -207,12 +217,10 @@ def _tar_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Sour
 def _member_sources(name: str, label: str, content: BinaryIO) -> Iterator[Source]:
     head = content.read(8)
     stream = _Rewound(head, content)
-    if head[:2] == b"\x1f\x8b":
-        yield from _text_sources(name, f"{label}/gzip", gzip.GzipFile(fileobj=stream, mode="rb"))
-    elif head[:3] == b"BZh":
-        yield from _text_sources(name, f"{label}/bzip2", bz2.BZ2File(stream))
-    elif head[:6] == b"\xfd7zXZ\x00":
-        yield from _text_sources(name, f"{label}/xz", lzma.LZMAFile(stream))  # noqa: SIM115
+    compression = _compression(head)
+    if compression:
+        inner, decompress = compression
+        yield from _text_sources(name, f"{label}/{inner}", decompress(stream))
     else:
         yield from _text_sources(name, label, stream)
 
@@ -526,19 +534,11 @@ def records_prefix(sample: bytes) -> str:
 _COLUMN_KEYS = ("columns", "schema", "fields", "meta")
 
 
-def column_names(sample: bytes, prefix: str) -> list[str] | None:
-    """The column names of a columnar result whose rows are the items at `prefix` (e.g. ``values.item``): a
-    sibling of the rows' array holding names or ``{"name": ...}`` objects. None when there is no such list."""
-    return _columns(sample, prefix)[0]
-
-
-def column_major(sample: bytes, prefix: str) -> bool:
-    """Whether the items at `prefix` are whole columns, not rows: Grafana's data frames (`schema.fields` beside
+def columns_of(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
+    """For a columnar answer whose items at `prefix` (e.g. ``values.item``) are arrays: the column names, from a
+    sibling of those items' array holding names or ``{"name": ...}`` objects (None when there is no such list),
+    and whether each item is a whole column rather than a row: Grafana's data frames (`schema.fields` beside
     `data.values`) and Splunk's json_cols (`fields` beside `columns`)."""
-    return _columns(sample, prefix)[1]
-
-
-def _columns(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
     if not prefix.endswith("item"):
         return None, False
     rows = prefix[: -len("item")].rstrip(".")
@@ -572,7 +572,7 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         # appended to one file (a scroll, a paginated search, `aws logs` calls with --next-token): the records are
         # then the same items of every page.
         prefix = records_prefix(stream.sample)
-        names, by_column = _columns(stream.sample, prefix)
+        names, by_column = columns_of(stream.sample, prefix)
         batch = Batch()
         record_no = 0
         frame: list[list] = []  # the columns of a column-major answer, until all of them are read

@@ -7,16 +7,22 @@ these tests exercise format sniffing, locating the notification, time parsing an
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
+from ingest.formats import columns_of, records_prefix
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
 IDENTITIES = EXPORTS / "identities.csv"
@@ -252,11 +258,9 @@ COLUMNAR = [
 
 @pytest.mark.parametrize(("doc", "prefix", "names"), COLUMNAR, ids=["azure", "clickhouse", "opensearch-sql"])
 def test_columnar_results_are_named_by_their_columns(doc, prefix, names):
-    from ingest.formats import column_names, records_prefix
-
     sample = doc.encode()
     assert records_prefix(sample) == prefix
-    assert column_names(sample, prefix) == names
+    assert columns_of(sample, prefix) == (names, False)
 
 
 @pytest.mark.parametrize(
@@ -275,25 +279,20 @@ def test_columnar_results_are_named_by_their_columns(doc, prefix, names):
     ids=["esql-rows", "splunk-json-cols", "grafana-frame"],
 )
 def test_rows_and_columns_are_told_apart(doc, prefix, names, by_column):
-    from ingest.formats import column_major, column_names, records_prefix
-
     assert records_prefix(doc) == prefix
-    assert column_names(doc, prefix) == names
-    assert column_major(doc, prefix) is by_column
+    assert columns_of(doc, prefix) == (names, by_column)
 
 
 def test_rows_without_a_column_list_stay_as_they_are():
-    from ingest.formats import column_names, records_prefix
-
     # Loki's [timestamp, line] pairs: `stream` labels are not columns
     loki = (b'{"status": "success", "data": {"resultType": "streams", "result": [{"stream": {"app": "hook"}, '
             b'"values": [["1796288400123456789", "{\\"notification_type\\": \\"new\\"}"]]}]}}')
     prefix = records_prefix(loki)
     assert prefix == "data.result.item.values.item"
-    assert column_names(loki, prefix) is None
+    assert columns_of(loki, prefix)[0] is None
     # Elasticsearch's `fields` is an object of one-item lists, not a list of names
     es = b'{"hits": {"hits": [{"_id": "1", "fields": {"body.notification_type": ["new"]}}]}}'
-    assert column_names(es, records_prefix(es)) is None
+    assert columns_of(es, records_prefix(es))[0] is None
 
 
 # -- archives and encodings: the same exports, packed or encoded as people hand them over -----------------------
@@ -307,9 +306,6 @@ STORY_OF_SIX = {"deliveries": 6, "events": 5, "chains": 3, "orphan_chains": 1, "
 
 
 def _add(archive, name: str, data: bytes) -> None:
-    import io
-    import tarfile
-
     info = tarfile.TarInfo(name)
     info.size, info.mtime = len(data), 1796288400
     archive.addfile(info, io.BytesIO(data))
@@ -317,9 +313,6 @@ def _add(archive, name: str, data: bytes) -> None:
 
 def test_a_tar_gz_of_a_log_directory_loads_every_log_and_skips_the_rest(tmp_path):
     # `tar czf hook-logs.tar.gz /var/log/tyk-hook/`: logrotate's current file, an older one compressed, a README
-    import gzip
-    import tarfile
-
     lines = (EXPORTS / "receiver_plain.jsonl").read_bytes().splitlines(keepends=True)
     packed = tmp_path / "hook-logs.tar.gz"
     with tarfile.open(packed, "w:gz") as archive:
@@ -337,8 +330,6 @@ def test_a_tar_gz_of_a_log_directory_loads_every_log_and_skips_the_rest(tmp_path
 
 
 def test_a_tar_without_a_log_is_one_clear_error(tmp_path):
-    import tarfile
-
     packed = tmp_path / "bundle.tar"
     with tarfile.open(packed, "w") as archive:
         _add(archive, "screenshot.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
@@ -365,9 +356,6 @@ def test_utf16_exports_read_like_their_utf8_original(name, encoding, tmp_path):
 
 def test_excel_delimiter_hint_line(tmp_path):
     # A CSV saved by a European Excel: semicolons, and the `sep=;` line it writes or expects first
-    import csv
-    import io
-
     rows = list(csv.reader(io.StringIO((EXPORTS / "kibana_discover_noescape.csv").read_text(encoding="utf-8"))))
     out = io.StringIO()
     out.write("sep=;\r\n")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ingest.pipeline import ingest
 from tests.helpers import body, load
 
 # (what the record holds, the UTC time it means)
@@ -72,8 +74,6 @@ def _syslog_form(t) -> str:
 def test_classic_syslog_times_take_the_latest_year_not_in_the_future(store, days):
     # rsyslog's traditional format has no year: as rsyslog and Logstash do, the current year, unless that puts
     # the time more than a day ahead of now (a December line read in January belongs to last year).
-    from datetime import UTC, datetime, timedelta
-
     now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     when = now + timedelta(days=days)
     if (when.month, when.day) == (2, 29):
@@ -84,8 +84,6 @@ def test_classic_syslog_times_take_the_latest_year_not_in_the_future(store, days
     assert (want < now) if days < 0 else (want.year < when.year)  # three weeks ahead: a year back
     lines = f"{_syslog_form(when)} hook-1 tyk-hook[812]: tyk oauth notification body=" + json.dumps(
         body("new", "T1", "R1", code="A1")) + "\n"
-    from ingest.pipeline import ingest
-
     ingest(store, [("syslog", io.BytesIO(lines.encode()))])
     got = store.cursor().execute("SELECT first_seen FROM events").fetchall()
     assert got == [(want,)]
