@@ -1,11 +1,14 @@
 """Turn located records into validated, fingerprinted rows, in SQL, one batch at a time.
 
 Both tiers of `ingest.locate` end here, so validation, time parsing, fingerprints and masking exist once.
-Input relation columns: record_no, raw (used only for rejected rows), err, v (JSON[] of the five Tyk fields), time_raw, identity_raw,
+Input relation columns: record_no, raw (read only for rejected rows), err, v (JSON[] of the five Tyk fields), time_raw, identity_raw,
 reason (a locate failure). Output: the `stage` rows of `ingest.pipeline`.
 
 Raw text only ever lives in the Arrow batch and in expressions: what is written (to the stage table and from
-there to the database) is fingerprints, times, identities, and for rejected records a masked excerpt.
+there to the database) is fingerprints, times, identities, and for rejected records a masked excerpt. The
+statement is one streaming pipeline (scan, filters, projections, insert): no operator in it holds rows (no
+materialised CTE, join, aggregate or sort), because DuckDB writes what such operators hold to its temporary
+directory when memory runs short, and rows here carry live tokens. `tests/test_no_leak.py` checks the plan.
 """
 
 from __future__ import annotations
@@ -90,16 +93,17 @@ def _field_check(i: int, name: str) -> str:
 
 # $key: the fingerprint key; $source_id: which source of this run. The relation is spliced in as {rel}.
 NORMALIZE = f"""
-WITH x AS (
-    SELECT record_no, err, reason, time_raw, identity_raw,
+-- NOT MATERIALIZED: each CTE is a step of one projection; a materialised one would hold raw tokens (above).
+WITH x AS NOT MATERIALIZED (
+    SELECT record_no, raw, err, reason, time_raw, identity_raw,
            CASE WHEN reason IS NULL AND err IS NULL THEN v END AS v
     FROM {{rel}}
-), f AS (
+), f AS NOT MATERIALIZED (
     SELECT *, lower(v[1] ->> '$') AS ntype,
            tt_value(v[2] ->> '$') AS auth_code, tt_value(v[3] ->> '$') AS access_token,
            tt_value(v[4] ->> '$') AS refresh_token, tt_value(v[5] ->> '$') AS old_refresh_token
     FROM x
-), c AS MATERIALIZED (
+), c AS NOT MATERIALIZED (
     SELECT *, CASE
         WHEN reason IS NOT NULL THEN reason
         WHEN err IS NOT NULL THEN err
@@ -116,9 +120,11 @@ WITH x AS (
             THEN 'missing token field old_refresh_token (a refresh must name the token it used)'
         END AS why
     FROM f
-), d AS MATERIALIZED (
+), d AS NOT MATERIALIZED (
     SELECT $source_id AS source_id, record_no, why AS reason,
-           NULL::VARCHAR AS excerpt, NULL::VARCHAR AS quarantine_id,  -- filled by EXCERPTS for rejected rows
+           -- a rejected record keeps a masked excerpt, and an id that tells it apart from the same text elsewhere
+           CASE WHEN why IS NOT NULL THEN left(tt_mask(raw), {EXCERPT_CHARS}) END AS excerpt,
+           CASE WHEN why IS NOT NULL THEN tt_fp($key, record_no::VARCHAR || '|' || raw) END AS quarantine_id,
            CASE WHEN why IS NULL THEN ntype END AS notification_type,
            CASE WHEN why IS NULL THEN tt_fp($key, auth_code) END AS auth_code_fp,
            CASE WHEN why IS NULL THEN tt_fp($key, access_token) END AS access_token_fp,
@@ -127,7 +133,7 @@ WITH x AS (
            CASE WHEN why IS NULL THEN tt_time(time_raw) END AS received_at, time_raw,
            CASE WHEN why IS NULL THEN tt_value(identity_raw) END AS identity
     FROM c
-), e AS (
+), e AS NOT MATERIALIZED (
     SELECT * EXCLUDE (time_raw),
            tt_id(concat_ws('|', notification_type, coalesce(auth_code_fp, ''), coalesce(access_token_fp, ''),
                            coalesce(refresh_token_fp, ''), coalesce(old_refresh_token_fp, ''))) AS event_id,
@@ -142,26 +148,12 @@ SELECT * EXCLUDE (bad_time),
 FROM e
 """
 
-# Rejected rows get their masked excerpt and quarantine id in a second, small statement, so that the raw
-# text never sits in the materialised intermediate results above (which DuckDB may spill to disk).
-EXCERPTS = f"""
-UPDATE stage SET excerpt = left(tt_mask(b.raw), {EXCERPT_CHARS}),
-                 quarantine_id = tt_fp($key, b.record_no::VARCHAR || '|' || b.raw)
-FROM (SELECT record_no, raw FROM {{rel}} WHERE record_no IN (
-          SELECT record_no FROM stage WHERE source_id = $source_id AND reason IS NOT NULL AND excerpt IS NULL)) b
-WHERE stage.source_id = $source_id AND stage.record_no = b.record_no
-"""
-
 STAGE_COLUMNS = (
     "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id VARCHAR, "
     "notification_type VARCHAR, auth_code_fp VARCHAR, access_token_fp VARCHAR, refresh_token_fp VARCHAR, "
     "old_refresh_token_fp VARCHAR, received_at TIMESTAMP, identity VARCHAR, event_id VARCHAR, delivery_id VARCHAR, "
     "bad_time BOOLEAN, upstream_status INTEGER"
 )
-
-
-def excerpts_sql(relation: str) -> str:
-    return EXCERPTS.format(rel=relation)
 
 
 def normalize_sql(relation: str) -> str:

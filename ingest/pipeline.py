@@ -32,7 +32,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from ingest import lineage
 from ingest.formats import ReadError, open_sources
 from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
-from ingest.normalize import STAGE_COLUMNS, excerpts_sql, install_macros, normalize_sql
+from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
 
@@ -214,31 +214,25 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         if layout is not None:
             _on_batch(cur, f"INSERT INTO stage {normalize_sql(_fast_relation(layout))}", params, table)
             # Only this batch's rows (its record numbers; zone maps skip the rest of the stage): how many the
-            # layout took and how many of those were rejected. Usually all and none: nothing more to do.
+            # layout took. Usually all: nothing more to do.
             numbers = table.column("record_no")
             where = {"sid": source_id, "lo": numbers[0].as_py(), "hi": numbers[-1].as_py()}
-            taken, rejected = cur.execute(
-                "SELECT count(*), count(*) FILTER (reason IS NOT NULL) FROM stage "
-                "WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi",
-                where,
-            ).fetchall()[0]
-            if rejected:
-                _on_batch(cur, excerpts_sql("tt_batch"), params, table)
-            rest = []
+            taken = cur.execute(
+                "SELECT count(*) FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi", where
+            ).fetchall()[0][0]
+            rest = None
             if taken < len(table):
-                rest = _on_batch(
-                    cur,
-                    "SELECT record_no, raw, err FROM tt_batch WHERE record_no NOT IN "
-                    "(SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi)",
-                    where,
-                    table,
-                ).fetchall()
+                # The others are picked here, in Arrow: a DuckDB query result holding their raw text could be
+                # written to DuckDB's temporary directory (ingest.normalize).
+                took = cur.execute(
+                    "SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi", where
+                ).to_arrow_table().column(0).combine_chunks()
+                rest = table.filter(pa.compute.invert(pa.compute.is_in(numbers, value_set=took)))
         else:
-            rest = _on_batch(cur, "SELECT record_no, raw, err FROM tt_batch", {}, table).fetchall()
-        if rest:
-            slow = locate_rows(rest)
+            rest = table
+        if rest is not None and len(rest):
+            slow = locate_rows(zip(*(rest.column(c).to_pylist() for c in ("record_no", "raw", "err")), strict=True))
             _on_slow(cur, f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params, slow)
-            _on_slow(cur, excerpts_sql("tt_slow"), params, slow)
         report.records += len(table)
         if on_batch:
             on_batch()
