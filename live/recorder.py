@@ -37,7 +37,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from ingest.normalize import STAGE_COLUMNS, excerpts_sql, install_macros, normalize_sql
+from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.pipeline import SLOW_RELATION, locate_rows
 from live.spool import LINE_FIELDS, SpoolWriter
 
@@ -68,7 +68,10 @@ class Recorder:
         kwargs = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
         self.writer = SpoolWriter(spool, **kwargs)
         self.key = key
-        self._con = duckdb.connect(":memory:", config={"threads": 1})
+        # No temporary directory: this connection parses raw bodies, and DuckDB writes what it offloads (with
+        # whatever its reused memory held) to that directory. Its batches are small; were one ever too big,
+        # it fails (Tyk retries) instead of writing tokens to disk.
+        self._con = duckdb.connect(":memory:", config={"threads": 1, "temp_directory": ""})
         self._con.execute("SET TimeZone = 'UTC'")
         install_macros(self._con)
         self._con.execute(f"CREATE TEMP TABLE stage ({STAGE_COLUMNS})")
@@ -165,7 +168,6 @@ class Recorder:
         con.register("tt_slow", table)
         try:
             con.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
-            con.execute(excerpts_sql("tt_slow"), params)
             # A quarantine id must not repeat across segments: make it depend on the segment too.
             con.execute(
                 "UPDATE stage SET quarantine_id = tt_fp($key, $segment || '|' || quarantine_id) "

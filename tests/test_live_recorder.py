@@ -42,6 +42,11 @@ def recorder(tmp_path):
     rec.close()
 
 
+def test_the_recorder_never_writes_to_a_temporary_directory(recorder):
+    """Its DuckDB parses raw bodies: it must fail rather than offload memory (tokens included) to disk."""
+    assert recorder._con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0] == ""
+
+
 def sql_row(rec: Recorder, body: bytes, received_ns: int) -> dict:
     """The stage row the ingest's SQL makes of this body (the recorder's slow path is that SQL)."""
 
