@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 
 from ingest.pipeline import ingest
@@ -13,6 +14,17 @@ from ingest.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
+
+
+def cli_command() -> list[str]:
+    """How to run the `tokentrail` command of this environment."""
+    script = Path(sys.executable).with_name("tokentrail")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from tokentrail.cli import main; sys.exit(main())"]
+
+
+CLI = cli_command()
 
 
 def body(kind: str, access: str, refresh: str = "", old: str = "", code: str = "") -> dict:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import CLI
 
 BAD = Path(__file__).parent / "data" / "bad"
 EXPECTED = json.loads((BAD / "expected.json").read_text(encoding="utf-8"))
@@ -52,14 +53,6 @@ GOOD_LINES = [
 ]
 
 
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("tokentrail")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from tokentrail.cli import main; sys.exit(main())"]
-
-
-CLI = cli_command()
 
 
 def tokentrail(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:

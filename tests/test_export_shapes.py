@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ingest.formats import columns_of, records_prefix
+from tests.helpers import CLI
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
 IDENTITIES = EXPORTS / "identities.csv"
@@ -35,14 +35,6 @@ REPORT_KEYS = {"path", "format", "records", "new_deliveries", "duplicate_deliver
 STORY = {"events": 5, "chains": 3, "orphan_chains": 1, "forks": 0, "identities": 1, "rejected": 0}
 
 
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("tokentrail")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from tokentrail.cli import main; sys.exit(main())"]
-
-
-CLI = cli_command()
 
 
 def tokentrail(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
