@@ -7,18 +7,21 @@ import json
 import os
 import re
 import stat
+import subprocess
+import time
 from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
 import pytest
 
+from bench.notifications import generate
 from ingest.demo import write_demo
 from ingest.locate import learn_layout
 from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.pipeline import SLOW_RELATION, _fast_relation, ingest
 from ingest.store import Store, key_path
-from tests.helpers import DATA
+from tests.helpers import CLI, DATA
 
 TOKEN_KEYS = ("auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 
@@ -139,3 +142,36 @@ def test_the_statement_that_reads_raw_tokens_holds_no_rows(path):
     operators = _operators(cur, f"INSERT INTO stage {normalize_sql(relation)}", tt_batch, tt_slow)
     assert "Projection" in operators
     assert operators <= STREAMING_OPERATORS, f"operators that hold rows: {operators - STREAMING_OPERATORS}"
+
+
+def test_no_raw_token_in_the_temporary_files(tmp_path):
+    """When its memory limit is reached DuckDB writes blocks to `<db>.tmp`, whole: their unused bytes are whatever
+    that memory held before, raw tokens included, unless freed memory is overwritten (`ingest/__init__.py`).
+    A 150,000-line ingest with a 50 MB limit spills; its temporary files are read while it runs. (Without the
+    overwriting, 100-2,000 of its tokens were found in them.)"""
+    src = tmp_path / "n.jsonl"
+    generate(src, 150_000, seed=5)
+    tokens = set()
+    for line in src.read_text().splitlines():
+        b = json.loads(line)["body"]
+        tokens |= {b[k].encode() for k in TOKEN_KEYS if b.get(k)}
+    db = tmp_path / "spill.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "DUCKDB_JE_MALLOC_CONF"}
+    proc = subprocess.Popen(
+        [*CLI, "ingest", str(src), "--db", str(db)],
+        env={**env, "TOKENTRAIL_MEMORY_LIMIT": "50MB"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    token_like = re.compile(rb"[A-Za-z0-9+/_=-]{30,}")
+    spilled, leaked = 0, set()
+    while proc.poll() is None:
+        for f in db.with_name(db.name + ".tmp").glob("*.tmp"):
+            try:
+                data = f.read_bytes()
+            except OSError:  # deleted meanwhile
+                continue
+            spilled = max(spilled, len(data))
+            leaked |= {m.group(0) for m in token_like.finditer(data)} & tokens
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert spilled > 1 << 20, "the ingest did not spill: this test would prove nothing"
+    assert not leaked, f"{len(leaked)} raw tokens written to DuckDB's temporary files"
