@@ -224,8 +224,8 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
             if taken < len(table):
                 # The others are picked here, in Arrow: a DuckDB query result holding their raw text could be
                 # written to DuckDB's temporary directory (ingest.normalize).
-                took = cur.execute(
-                    "SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi", where
+                took = cur.sql(
+                    "SELECT record_no FROM stage WHERE source_id = $sid AND record_no BETWEEN $lo AND $hi", params=where
                 ).to_arrow_table().column(0).combine_chunks()
                 rest = table.filter(pa.compute.invert(pa.compute.is_in(numbers, value_set=took)))
         else:
