@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from ingest.locate import learn_layout
 from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.pipeline import SLOW_RELATION, _fast_relation, ingest
 from ingest.store import Store, key_path
-from tests.helpers import CLI, DATA
+from tests.helpers import CLI, DATA, ROOT
 
 TOKEN_KEYS = ("auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 
@@ -176,3 +177,15 @@ def test_no_raw_token_in_the_temporary_files(tmp_path):
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert spilled > 1 << 20, "the ingest did not spill: this test would prove nothing"
     assert not leaked, f"{len(leaked)} raw tokens written to DuckDB's temporary files"
+
+
+def test_the_command_line_writes_no_core_dump(tmp_path):
+    """A crash must not write the process's memory, raw tokens included, to a core file."""
+    code = (
+        "import resource, sys; from tokentrail.cli import main;"
+        f"main(['summary', '--db', {str(tmp_path / 'none.duckdb')!r}]);"  # any command (this one: no database)
+        "print('CORE LIMIT', resource.getrlimit(resource.RLIMIT_CORE))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "no database" in result.stderr, result.stderr
+    assert result.stdout.rstrip().endswith("CORE LIMIT (0, 0)"), result.stdout

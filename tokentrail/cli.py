@@ -32,7 +32,18 @@ The database defaults to data/tokentrail.duckdb (or $TOKENTRAIL_DB); --db select
 """
 
 
+def _no_core_dumps() -> None:
+    """A crash must not write this process's memory to a core file: it holds raw tokens (the batches being
+    read, a notification being received). The limit is inherited by `serve`'s Streamlit process."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _no_core_dumps()
     parser = argparse.ArgumentParser(
         prog="tokentrail",
         description="Follow Tyk OAuth refresh-token lineage through notification logs.",
