@@ -8,7 +8,7 @@ Raw text only ever lives in the Arrow batch and in expressions: what is written 
 there to the database) is fingerprints, times, identities, and for rejected records a masked excerpt. The
 statement is one streaming pipeline (scan, filters, projections, insert): no operator in it holds rows (no
 materialised CTE, join, aggregate or sort), because DuckDB writes what such operators hold to its temporary
-directory when memory runs short, and rows here carry live tokens. `tests/test_no_leak.py` checks the plan.
+directory when memory runs short, and rows here carry live tokens. `tests/test_security.py` checks the plan.
 """
 
 from __future__ import annotations
