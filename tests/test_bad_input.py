@@ -8,11 +8,13 @@ multi-file ingest.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.notifications import generate
 from tests.helpers import CLI
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -118,3 +120,20 @@ def check_not_a_log_export(path: Path, spec: dict, db: Path, tmp_path: Path) -> 
     assert fine["error"] is None, fine
     assert fine["new_deliveries"] == 2, fine
     assert summary(db, tmp_path)["deliveries"] == 2
+
+
+def test_running_out_of_memory_is_a_clear_error_that_changes_nothing(tmp_path):
+    """A memory limit too small for the work: not a traceback nor "unexpected error", but what happened and
+    which setting to raise."""
+    src = tmp_path / "n.jsonl"
+    generate(src, 50_000, seed=5)
+    db = tmp_path / "x.duckdb"
+    proc = subprocess.run(
+        [*CLI, "ingest", str(src), "--db", str(db)], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "TOKENTRAIL_MEMORY_LIMIT": "20MB"},
+    )
+    assert proc.returncode == 1
+    assert "ran out of memory within its limit of 20MB" in proc.stderr, proc.stderr
+    assert "TOKENTRAIL_MEMORY_LIMIT=4GB tokentrail ingest" in proc.stderr
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+    assert json.loads(tokentrail("summary", "--db", db, "--json", cwd=tmp_path).stdout)["deliveries"] == 0
