@@ -130,10 +130,10 @@ def test_running_out_of_memory_is_a_clear_error_that_changes_nothing(tmp_path):
     db = tmp_path / "x.duckdb"
     proc = subprocess.run(
         [*CLI, "ingest", str(src), "--db", str(db)], capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "TOKENTRAIL_MEMORY_LIMIT": "20MB"},
+        env={**os.environ, "TOKENTRAIL_MEMORY_LIMIT": "10MB"},
     )
     assert proc.returncode == 1
-    assert "ran out of memory within its limit of 20MB" in proc.stderr, proc.stderr
+    assert "ran out of memory within its limit of 10MB" in proc.stderr, proc.stderr
     assert "TOKENTRAIL_MEMORY_LIMIT=4GB tokentrail ingest" in proc.stderr
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
     assert json.loads(tokentrail("summary", "--db", db, "--json", cwd=tmp_path).stdout)["deliveries"] == 0
