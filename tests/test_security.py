@@ -159,13 +159,19 @@ def test_no_raw_token_in_the_temporary_files(tmp_path):
         tokens |= {b[k].encode() for k in TOKEN_KEYS if b.get(k)}
     db = tmp_path / "spill.duckdb"
     env = {k: v for k, v in os.environ.items() if k != "DUCKDB_JE_MALLOC_CONF"}
-    proc = subprocess.Popen(
-        [*CLI, "ingest", str(src), "--db", str(db)],
-        env={**env, "TOKENTRAIL_MEMORY_LIMIT": "50MB"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as err_file:  # a file, not a pipe: a full pipe would stall the ingest
+        proc = subprocess.Popen(
+            [*CLI, "ingest", str(src), "--db", str(db)],
+            env={**env, "TOKENTRAIL_MEMORY_LIMIT": "50MB"}, stdout=subprocess.DEVNULL, stderr=err_file,
+        )
     token_like = re.compile(rb"[A-Za-z0-9+/_=-]{30,}")
     spilled, leaked = 0, set()
+    deadline = time.monotonic() + 300
     while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the ingest took over 300 s")
         for f in db.with_name(db.name + ".tmp").glob("*.tmp"):
             try:
                 data = f.read_bytes()
@@ -174,7 +180,7 @@ def test_no_raw_token_in_the_temporary_files(tmp_path):
             spilled = max(spilled, len(data))
             leaked |= {m.group(0) for m in token_like.finditer(data)} & tokens
         time.sleep(0.05)
-    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert proc.returncode == 0, err.read_text()
     assert spilled > 1 << 20, "the ingest did not spill: this test would prove nothing"
     assert not leaked, f"{len(leaked)} raw tokens written to DuckDB's temporary files"
 
