@@ -94,14 +94,28 @@ class StoreError(Exception):
     """The database cannot be opened or used; the message says why and what to do."""
 
 
+class OutOfMemory(StoreError):
+    """DuckDB ran out of memory within the store's limit; the transaction was rolled back."""
+
+    def __init__(self, limit: str, path: str):
+        self.limit = limit
+        super().__init__(
+            f"DuckDB ran out of memory within its limit of {limit} (it spills what it can to {Path(path).name}.tmp, "
+            "but some of the work must fit). Nothing was changed. Raise the limit with TOKENTRAIL_MEMORY_LIMIT "
+            "(e.g. 4GB) for the process that loads, the command or the dashboard, or load fewer files at once."
+        )
+
+
 class Store:
     """A DuckDB database file plus its fingerprint key. Use `Store.open(path)`."""
 
-    def __init__(self, path: str, con: duckdb.DuckDBPyConnection, key: str, read_only: bool):
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection, key: str, read_only: bool,
+                 memory_limit: str = DEFAULT_MEMORY_LIMIT):
         self.path = path
         self.con = con
         self.key = key
         self.read_only = read_only
+        self.memory_limit = memory_limit
         # Serialises writers inside one process (Streamlit sessions are threads).
         self.write_lock = threading.Lock()
 
@@ -142,7 +156,7 @@ class Store:
                 with contextlib.suppress(duckdb.Error):  # a DuckDB without that method: nothing to disable
                     con.execute("SET disabled_compression_methods = 'dict_fsst'")
         key = secrets.token_hex(16) if in_memory else _load_or_create_key(path, existed=existed, con=con)
-        return cls(path, con, key, read_only)
+        return cls(path, con, key, read_only, config["memory_limit"])
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cur = self.con.cursor()
@@ -159,6 +173,9 @@ class Store:
             cur.execute("BEGIN TRANSACTION")
             try:
                 yield cur
+            except duckdb.OutOfMemoryException as e:  # not a bug: the limit is too small for the work
+                cur.execute("ROLLBACK")
+                raise OutOfMemory(self.memory_limit, self.path) from e
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise

@@ -5,8 +5,11 @@ open and load."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 
-from ingest.store import SCHEMA, Store
+from bench.notifications import generate
+from ingest.pipeline import ingest
+from ingest.store import SCHEMA, Store, StoreError
 from tests.helpers import body, load, record
 
 
@@ -68,3 +71,15 @@ def test_a_database_made_before_per_column_compression_still_opens_and_loads(tmp
     fresh = Store.open(tmp_path / "new.duckdb")
     assert fresh.con.execute("SELECT current_setting('disabled_compression_methods')").fetchall()[0][0] == ""
     fresh.close()
+
+
+def test_running_out_of_memory_rolls_back_with_a_store_error(tmp_path):
+    """Every writer (the command line, the Upload page, the live follower) gets a StoreError that names the
+    limit, not DuckDB's own advice to run SQL; the database is as before."""
+    src = tmp_path / "n.jsonl"
+    generate(src, 50_000, seed=5)
+    store = Store.open(tmp_path / "x.duckdb", memory_limit="10MB")
+    with pytest.raises(StoreError, match="ran out of memory within its limit of 10MB.*TOKENTRAIL_MEMORY_LIMIT"):
+        ingest(store, [src])
+    assert store.cursor().execute("SELECT count(*) FROM deliveries").fetchall()[0][0] == 0
+    store.close()

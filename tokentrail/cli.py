@@ -138,16 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TOKENTRAIL_DEBUG"):
             raise
         if _out_of_memory(e):
-            from ingest.store import DEFAULT_MEMORY_LIMIT
-
-            limit = os.environ.get("TOKENTRAIL_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
-            print(
-                f"tokentrail: DuckDB ran out of memory within its limit of {limit} (it spills what it can to "
-                f"{db.name}.tmp, but some of the work must fit). Nothing was changed: an ingest is one transaction. "
-                f"Raise the limit, e.g. TOKENTRAIL_MEMORY_LIMIT=4GB tokentrail {args.command} ..., or load fewer "
-                "files at once.",
-                file=sys.stderr,
-            )
+            print(f"tokentrail: {e} Here: TOKENTRAIL_MEMORY_LIMIT=4GB tokentrail {args.command} ...", file=sys.stderr)
             return 1
         print(
             f"tokentrail: unexpected error ({type(e).__name__}: {e}). Nothing was changed: an ingest is one "
@@ -163,8 +154,8 @@ class _UserError(Exception):
 
 
 def _out_of_memory(e: Exception) -> bool:
-    duckdb = sys.modules.get("duckdb")  # not imported here: `ingest` must load it (ingest/__init__.py)
-    return duckdb is not None and isinstance(e, duckdb.OutOfMemoryException)
+    store = sys.modules.get("ingest.store")  # loaded by then if it matters; importing it here would load duckdb
+    return store is not None and isinstance(e, store.OutOfMemory)
 
 
 def _open_store(db: Path, *, must_exist: bool = False, read_only: bool = False):
