@@ -366,23 +366,32 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     """Line-oriented files, split by numpy and wrapped as Arrow arrays without a Python object per line."""
     record_no = 0
     tail = b""
-    first = True
+    first = True  # until the first line is seen: a byte-order mark, Grafana's preamble
+    bom_checked = False
     while True:
+        # Each chunk is read into a new buffer that starts with the previous chunk's unfinished line, rather
+        # than joined to it afterwards (`tail + chunk`): that copy, into fresh memory, cost more than the read
+        # itself (1.9 s of CPU for a 2 GB file against 0.4 s), on the thread that shares two cores with DuckDB.
+        # The buffer is new each time because the batches made from it are still being staged.
+        data = bytearray(len(tail) + CHUNK_BYTES)
+        data[: len(tail)] = tail
         try:
-            chunk = stream.read(CHUNK_BYTES)
+            end = _fill(stream, memoryview(data), len(tail))
         except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after line {record_no}: {e}") from e
-        if not chunk:
+        if end == len(tail):
             break
-        if first and chunk.startswith(codecs.BOM_UTF8):
-            chunk = chunk[3:]
-        data = tail + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            tail = data
+        start = 0
+        if not bom_checked:
+            bom_checked = True
+            if data.startswith(codecs.BOM_UTF8):
+                start = 3
+        cut = data.rfind(b"\n", 0, end)
+        if cut < start:
+            tail = bytes(memoryview(data)[start:end])
             continue
-        tail = data[cut + 1 :]
-        table = _lines_table(memoryview(data)[: cut + 1], record_no)  # a view: no copy of the chunk
+        tail = bytes(memoryview(data)[cut + 1 : end])
+        table = _lines_table(memoryview(data)[start : cut + 1], record_no)  # a view: no copy of the chunk
         lines = len(table)
         if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
             table = _drop_preamble(table)
@@ -396,6 +405,16 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             table = _drop_preamble(table)
         if len(table):
             yield table
+
+
+def _fill(stream: BinaryIO, buf: memoryview, pos: int) -> int:
+    """Read into `buf` from `pos` until it is full or the stream ends; returns where the data ends."""
+    while pos < len(buf):
+        n = stream.readinto(buf[pos:])
+        if not n:
+            break
+        pos += n
+    return pos
 
 
 def _lines_table(body: bytes | memoryview, before: int) -> pa.Table:
@@ -868,6 +887,8 @@ class _Rewound(io.RawIOBase):
         return self.stream.read(size)
 
     def readinto(self, b) -> int:
+        if not self._pending:  # the bulk: straight into the caller's buffer, no intermediate bytes object
+            return self.stream.readinto(b)
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

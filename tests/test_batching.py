@@ -5,6 +5,7 @@ change a delivery, an event, a quarantined record or a chain."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 
@@ -112,3 +113,31 @@ def test_a_read_error_still_stages_the_group_read_before_it():
     assert next(got).column("record_no").to_pylist() == [1, 2, 3]
     with pytest.raises(formats.ReadError, match="ends early"):
         next(got)
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that hands out at most `step` bytes a read, as a pipe or a decompressor may."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data, self.pos, self.step = data, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.step, len(self.data) - self.pos)
+        b[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
+@pytest.mark.parametrize("step", [3, 1 << 20])
+def test_lines_come_out_whole_and_numbered_however_the_file_is_cut(monkeypatch, chunk, step):
+    lines = [b'{"a": 1}', b"x" * 150, b"", b'{"b": "\xc3\xa9t\xc3\xa9"}\r', b"last, with no newline"]
+    data = codecs.BOM_UTF8 + b"\n".join(lines)
+    monkeypatch.setattr(formats, "CHUNK_BYTES", chunk)  # lines longer than a chunk; a mark cut in two
+    tables = list(formats._read_lines("t.log", _Trickle(data, step)))
+    got = pa.concat_tables(tables)
+    assert got.column("record_no").to_pylist() == [1, 2, 3, 4, 5]
+    assert [r.rstrip("\n") for r in got.column("raw").to_pylist()] == [line.decode() for line in lines]
