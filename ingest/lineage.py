@@ -100,17 +100,31 @@ WHERE old_refresh_token_fp IN (
 # ~15 ms per million events, where the equivalent self-join takes 100-600 ms. `p0` keeps the parents, for
 # cutting cycles.
 _LOW = 4294967295  # 0xFFFFFFFF: the ancestor's half of an entry
-_JUMP_START = """
+_ROUND = f"list_transform(p, lambda x: x - (x & {_LOW}) + p[x & {_LOW}])"
+
+# Several rounds run in one statement, each a step of one projection, so only one new version of the list is
+# written per statement. Inside the ingest's transaction every replaced version of a temp table stays in memory
+# until the commit (it could still be rolled back): a statement per round pinned ~40 MB per round at 5M events,
+# memory the rest of the rebuild then had to spill. Three rounds resolve chains up to 8 deep; two statements
+# (six rounds) up to 64; a round costs ~40 ms at 5M events, so an unneeded one is cheap.
+ROUNDS_PER_STATEMENT = 3
+
+
+def _list_rounds(first: str, k: int) -> str:
+    """A SELECT of one row `p`: `first` (a SELECT of one row `p`) followed by k rounds."""
+    steps = [f"r0 AS ({first})"] + [f"r{i} AS (SELECT {_ROUND} AS p FROM r{i - 1})" for i in range(1, k + 1)]
+    return f"WITH {', '.join(steps)} SELECT p FROM r{k}"
+
+
+_JUMP_START = f"""
 CREATE OR REPLACE TEMP TABLE tt_p0 AS SELECT list(coalesce(parent, n) ORDER BY n) AS p0 FROM tt_link;
 CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT list_transform(p0, lambda x, i: ((x <> i)::BIGINT << 32) + x) AS p FROM tt_p0;
+{_list_rounds("SELECT list_transform(p0, lambda x, i: ((x <> i)::BIGINT << 32) + x) AS p FROM tt_p0",
+              ROUNDS_PER_STATEMENT)};
 """
 
 # (p0 lives in its own table so that a round does not copy it.)
-_JUMP_ROUND = f"""
-CREATE OR REPLACE TEMP TABLE tt_jump AS
-SELECT list_transform(p, lambda x: x - (x & {_LOW}) + p[x & {_LOW}]) AS p FROM tt_jump
-"""
+_JUMP_ROUND = f"CREATE OR REPLACE TEMP TABLE tt_jump AS {_list_rounds('SELECT p FROM tt_jump', ROUNDS_PER_STATEMENT)}"
 
 # Whether a round is still needed, without looking at every pointer: after k rounds an event whose ancestor is
 # not yet a root points 2^k steps up (distance 2^k), and a resolved one sits at its depth, at most 2^k. So once
@@ -347,29 +361,33 @@ class _Jumping(NamedTuple):
     pending: str
     unresolved: str
     finish: str
+    rounds_per_start: int = 0  # rounds `start` runs already
+    rounds_per_round: int = 1  # rounds one `round` runs
 
 
 _ON_LISTS = _Jumping(_JUMP_START, _JUMP_ROUND, _MAY_BE_PENDING,
-                     f"tt_link l, tt_jump j, tt_p0 WHERE p0[j.p[l.n] & {_LOW}] <> (j.p[l.n] & {_LOW})", _RESOLVED)
+                     f"tt_link l, tt_jump j, tt_p0 WHERE p0[j.p[l.n] & {_LOW}] <> (j.p[l.n] & {_LOW})", _RESOLVED,
+                     ROUNDS_PER_STATEMENT, ROUNDS_PER_STATEMENT)
 _BY_JOINS = _Jumping(_JOIN_JUMP_START, _JOIN_JUMP_ROUND, "SELECT count(*) FROM tt_pend",
                      "tt_link l WHERE l.n IN (SELECT n FROM tt_pend)", "DROP TABLE tt_pend")
 
 
 def _resolve(cur, how: _Jumping, events: int) -> int:
     """Pointer jumping until every event's ancestor is a root; leaves `tt_res`. Returns the number of rounds."""
-    rounds = since_start = 0
     cur.execute(how.start)
+    rounds = since_start = how.rounds_per_start
     while cur.execute(how.pending.format(bound=2**since_start)).fetchall()[0][0]:
         # Pointers still moving after 2^k rounds with 2^k > events: no chain is that deep, so what is left hangs
         # on a cycle (or under one).
         if 2**since_start > events:
             _break_cycles(cur, how.unresolved)
             cur.execute(how.start)
-            since_start = 0
+            rounds += how.rounds_per_start
+            since_start = how.rounds_per_start
             continue
         cur.execute(how.round)
-        rounds += 1
-        since_start += 1
+        rounds += how.rounds_per_round
+        since_start += how.rounds_per_round
     cur.execute(how.finish)
     return rounds
 
