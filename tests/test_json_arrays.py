@@ -1,0 +1,101 @@
+"""A JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`) is split into
+its items by a scan of its bytes (`ingest.formats._read_array_items`), not parsed item by item. The scan must
+find exactly the items a JSON parser finds, wherever the reads cut the file and whatever the strings hold;
+a broken document still loads what comes before the break, and says where it broke."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import formats
+from ingest.pipeline import ingest
+from ingest.store import Store
+from tests.helpers import body, record
+
+# Strings with everything that could fool a byte scan: quotes, runs of backslashes, brackets, commas, non-ASCII.
+_TRICKY = st.text(alphabet=st.sampled_from(list('ab"\\,[]{}: \n\té€😀')), max_size=12)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | _TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=8,
+)
+_ITEMS = st.lists(st.dictionaries(_TRICKY, _VALUES, max_size=4), max_size=12)
+
+
+def _split(doc: bytes, chunk: int) -> list[tuple[int, object]]:
+    tables = list(formats._read_array_items("t.json", io.BytesIO(doc)))
+    return [(n, json.loads(raw)) for t in tables
+            for n, raw in zip(t.column("record_no").to_pylist(), t.column("raw").to_pylist(), strict=True)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ITEMS, st.sampled_from([None, 0, 2]), st.booleans(), st.integers(1, 64))
+def test_the_items_are_what_a_json_parser_finds_however_the_file_is_cut(items, indent, ascii_only, chunk):
+    doc = json.dumps(items, indent=indent, ensure_ascii=ascii_only).encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(formats, "CHUNK_BYTES", chunk)  # reads of a few bytes: every cut lands somewhere odd
+        assert _split(doc, chunk) == list(enumerate(items, start=1))
+
+
+@pytest.mark.parametrize("doc", [b"[]", b" \n[ ]\n", b"\xef\xbb\xbf[]"])
+def test_an_empty_array_has_no_records(doc):
+    assert _split(doc, 3) == []
+
+
+def _notifications() -> list[dict]:
+    return [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="A1")),
+            record("2026-12-03T09:30:00Z", body("refresh", "T2", "R2", "R1")),
+            record("2026-12-03T10:00:00Z", body("refresh", "T3", "R3", "R2"))]
+
+
+def _load(doc: bytes, name: str = "export.json"):
+    store = Store.open(":memory:")
+    report = ingest(store, [(name, io.BytesIO(doc))])
+    return store, report.files[0]
+
+
+def test_a_pretty_printed_array_loads_like_json_lines():
+    store, report = _load(json.dumps(_notifications(), indent=2).encode())
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-array", 3, 3, 0, None)
+    assert store.cursor().execute("SELECT count(*) FROM chains").fetchall() == [(1,)]
+
+
+def test_an_item_that_is_not_valid_json_is_quarantined_and_the_rest_loads():
+    # past the first megabyte, which the format is sniffed from (a bad item inside it makes the file read as text)
+    logins = [json.dumps(record(f"2026-12-03T09:{i // 60 % 60:02d}:{i % 60:02d}Z", body("new", f"T{i}")))
+              for i in range(7000)]
+    bad = '{"received_at": "2026-12-03T11:00:00Z", "body": {"auth_code": tru}}'
+    doc = ("[\n" + ",\n".join([*logins, bad, *(json.dumps(r) for r in _notifications())]) + "\n]\n").encode()
+    assert doc.index(b"tru}") > formats.SAMPLE_BYTES
+    store, report = _load(doc)
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-array", 7004, 7003, 1, None)
+    assert store.cursor().execute("SELECT record_no, reason FROM quarantine").fetchall()[0][0] == 7001
+
+
+@pytest.mark.parametrize(("cut", "problem", "loaded"), [
+    (lambda d: d[: d.rindex(b"},") + 2] + b' {"received_at": "2026-12-03T10:00:00Z", "bo', "ends inside the array", 2),
+    (lambda d: d + b'\n{"more": 1}\n', "data after the array", 3),
+])
+def test_a_broken_array_loads_what_comes_before_and_names_the_file(cut, problem, loaded):
+    store, report = _load(cut(json.dumps(_notifications(), indent=2).encode()), name="gcloud-export.json")
+    assert report.error.startswith("gcloud-export.json: invalid JSON after record")
+    assert problem in report.error
+    assert report.new_deliveries == loaded
+
+
+@pytest.mark.parametrize(("sample", "split"), [
+    (b'[{"a": 1}]', True),
+    (b'\xef\xbb\xbf \n[\n  {\n "a": 1}]', True),
+    (b'[[{"field": "@message", "value": "x"}]]', False),  # rows of field/value pairs: parsed, then named
+    (b'["a line", "another"]', False),
+    (b'{"hits": [{"a": 1}]}', False),
+])
+def test_only_arrays_of_objects_are_split_by_the_scan(sample, split):
+    assert formats._array_of_objects(sample) is split
