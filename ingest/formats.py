@@ -277,6 +277,8 @@ def sniff(name: str, sample: bytes) -> str:
             if stripped[0] == "[":
                 return "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
+        if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
+            return "json-array"
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
     if _is_yaml_stream(lines[:40]):
         return "yaml"
@@ -695,6 +697,20 @@ def _read_array_items(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
 def _array_of_objects(sample: bytes) -> bool:
     text = sample.lstrip(codecs.BOM_UTF8).lstrip()
     return text[:1] == b"[" and text[1:].lstrip()[:1] == b"{"
+
+
+def _splits_as_array(sample: bytes) -> bool:
+    """Whether the sample reads as an array of objects whose brackets balance, even if an item is not valid JSON."""
+    if not _array_of_objects(sample):
+        return False
+    text = sample.lstrip(codecs.BOM_UTF8).lstrip()[1:]
+    body = np.frombuffer(text, np.uint8)
+    marks = _unquoted_structure(body)
+    depth = 1 + np.cumsum(_DELTA[body[marks]], dtype=np.int64)
+    closes = np.flatnonzero(depth <= 0)
+    if not len(closes):
+        return True
+    return depth[closes[0]] == 0 and not text[marks[closes[0]] + 1 :].strip()
 
 
 def _only_whitespace_left(stream: BinaryIO) -> bool:

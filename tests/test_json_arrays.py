@@ -99,3 +99,25 @@ def test_a_broken_array_loads_what_comes_before_and_names_the_file(cut, problem,
 ])
 def test_only_arrays_of_objects_are_split_by_the_scan(sample, split):
     assert formats._array_of_objects(sample) is split
+
+
+@pytest.mark.parametrize("indent", [2, None])
+@pytest.mark.parametrize("bad", [0, 2])
+def test_a_redacted_value_in_the_first_megabyte_costs_only_its_own_record(bad, indent):
+    # The format is sniffed from the first megabyte: an item there that is not valid JSON once made the whole
+    # file read as text lines, so a pretty-printed array lost every record (each line quarantined on its own).
+    logins = [record(f"2026-12-03T09:0{i}:00Z", body("new", f"T{i}", f"R{i}", code=f"A{i}")) for i in range(5)]
+    items = [json.dumps(r, indent=indent) for r in logins]
+    items[bad] = items[bad].replace(f'"A{bad}"', "<redacted>")
+    store, report = _load(("[\n" + ",\n".join(items) + "\n]\n").encode())
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-array", 5, 4, 1, None)
+    assert store.cursor().execute("SELECT record_no FROM quarantine").fetchall() == [(bad + 1,)]
+
+
+@pytest.mark.parametrize("text", [
+    b'[{"a": 1}] and then a log line\n[{"b": 2}] another\n',  # text lines that happen to start like an array
+    b'[{"a": 1}}] oops\n',  # a bracket closes what never opened
+])
+def test_text_that_only_starts_like_an_array_is_not_split_as_one(text):
+    assert formats.sniff("x.log", text) == "text"
