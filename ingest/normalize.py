@@ -69,10 +69,17 @@ CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
 -- A value outside 1990-2200 is not a time of a notification (a counter, a status code...).
 CREATE OR REPLACE TEMP MACRO tt_time(s) AS
     list_filter([tt_time_any(tt_value(s))], lambda t: t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01')[1];
+-- Token-like runs of 16+ characters are masked too. Two of Tyk's own field names are that long: they are kept
+-- readable (a person reading "missing token field old_refresh_token" needs to see which key is which), by
+-- breaking them with \x01 around the second pass and taking it out again.
 CREATE OR REPLACE TEMP MACRO tt_mask(s) AS
-    regexp_replace(
-        regexp_replace(s, '("?(auth_code|code|new_oauth_token|refresh_token|old_refresh_token|access_token|token)"?\s*[:=]\s*"?)[^",}\s]+', '\1***', 'gi'),
-        '[A-Za-z0-9+/_=-]{16,}', '***', 'g');
+    replace(replace(
+        regexp_replace(
+            replace(replace(
+                regexp_replace(s, '("?(auth_code|code|new_oauth_token|refresh_token|old_refresh_token|access_token|token)"?\s*[:=]\s*"?)[^",}\s]+', '\1***', 'gi'),
+                'notification_type', 'notification\x01type'), 'old_refresh_token', 'old_refresh\x01token'),
+            '[A-Za-z0-9+/_=-]{16,}', '***', 'g'),
+        'notification\x01type', 'notification_type'), 'old_refresh\x01token', 'old_refresh_token');
 CREATE OR REPLACE TEMP MACRO tt_type_name(t) AS
     CASE t WHEN 'OBJECT' THEN 'an object' WHEN 'ARRAY' THEN 'an array' WHEN 'BOOLEAN' THEN 'a boolean'
            ELSE 'a number' END;
@@ -138,7 +145,7 @@ WITH x AS NOT MATERIALIZED (
            tt_id(concat_ws('|', notification_type, coalesce(auth_code_fp, ''), coalesce(access_token_fp, ''),
                            coalesce(refresh_token_fp, ''), coalesce(old_refresh_token_fp, ''))) AS event_id,
            -- a time that is there but unreadable: the record still counts, as untimed, and is reported
-           time_raw IS NOT NULL AND received_at IS NULL AS bad_time
+           reason IS NULL AND time_raw IS NOT NULL AND received_at IS NULL AS bad_time
     FROM d
 )
 -- a delivery is a payload at a time: re-reading a record, or an overlapping export, gives the same id

@@ -137,3 +137,14 @@ def test_running_out_of_memory_is_a_clear_error_that_changes_nothing(tmp_path):
     assert "TOKENTRAIL_MEMORY_LIMIT=4GB tokentrail ingest" in proc.stderr
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
     assert json.loads(tokentrail("summary", "--db", db, "--json", cwd=tmp_path).stdout)["deliveries"] == 0
+
+
+def test_a_quarantined_record_shows_its_field_names_and_is_not_counted_as_an_unreadable_time(tmp_path):
+    path = BAD / "missing_token.jsonl"
+    db = tmp_path / "x.duckdb"
+    report = json.loads(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path).stdout)
+    # its time was fine: only a valid record whose time cannot be read is an "unreadable time"
+    assert [(f["rejected"], f["unreadable_times"]) for f in report["files"]] == [(1, 0)]
+    (row,) = json.loads(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path).stdout)
+    # Tyk's long field names are not mistaken for tokens; the tokens after them are masked
+    assert '"refresh_token": "***", "old_refresh_token": "***"' in row["excerpt"], row
