@@ -279,6 +279,13 @@ def sniff(name: str, sample: bytes) -> str:
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
             return "json-array"
+        if lines and lines[0].strip() in ("{", "["):
+            # A pretty-printed document (every API and CLI writes one so) that breaks somewhere in the sample:
+            # read as a document, its records up to the break load and the break is reported with its record
+            # number. Read as text, each of its lines would be a record of its own, all of them quarantined.
+            if stripped[0] == "[":
+                return "json-array"
+            return "json-stream" if _json_values(sample) > 1 else "json-object"
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
     if _is_yaml_stream(lines[:40]):
         return "yaml"
@@ -754,8 +761,10 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         except ijson.JSONError as e:
             if len(batch):
                 yield batch.table()
+            # yajl quotes the text around the error on the lines after the first: tokens, at times. Not shown.
+            what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ReadError(
-                f"{name}: invalid JSON after record {record_no} ({e}); the records before it were read"
+                f"{name}: invalid JSON after record {record_no} ({what}); the records before it were read"
             ) from e
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from ingest import formats
 from ingest.pipeline import ingest
 from ingest.store import Store
-from tests.helpers import body, record
+from tests.helpers import DATA, body, record
 
 # Strings with everything that could fool a byte scan: quotes, runs of backslashes, brackets, commas, non-ASCII.
 _TRICKY = st.text(alphabet=st.sampled_from(list('ab"\\,[]{}: \n\té€😀')), max_size=12)
@@ -121,3 +122,24 @@ def test_a_redacted_value_in_the_first_megabyte_costs_only_its_own_record(bad, i
 ])
 def test_text_that_only_starts_like_an_array_is_not_split_as_one(text):
     assert formats.sniff("x.log", text) == "text"
+
+
+def test_a_pretty_document_that_breaks_loads_its_records_up_to_the_break_and_never_quotes_the_text(tmp_path):
+    # Read as text, each line of a pretty-printed Elasticsearch answer was a record of its own: with one
+    # redacted value, all 350 lines were quarantined and nothing loaded.
+    doc = (DATA / "exports" / "elasticsearch_search.json").read_text(encoding="utf-8")
+    broken = doc.replace('"auth_code" : "WNEQ', '"auth_code" : <redacted>, "x" : "WNEQ', 1)
+    assert broken != doc
+    path = tmp_path / "es.json"
+    path.write_text(broken, encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    store = Store.open(db)
+    report = ingest(store, [path]).files[0]
+    store.close()
+    assert (report.format, report.new_deliveries, report.rejected) == ("json-object", 5, 0)
+    assert report.error.startswith(f"{path}: invalid JSON after record 5 (lexical error")
+    # the parser's own message quotes the text around the error, the auth code included: it is left out,
+    # of the report and of the database file
+    code = re.search(r'"WNEQ\w+', doc).group(0)[1:]
+    assert code[:8] not in report.error
+    assert code[:8].encode() not in db.read_bytes()
