@@ -149,7 +149,11 @@ def locate(text: str) -> Located:
     except ValueError as e:
         root, root_is_text = stripped, True
         if stripped[0] in "{[" and not _embedded_json(stripped):
-            return Located(reason=f"invalid JSON: {e.msg} at column {e.colno} (truncated line?)")
+            where = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+            # an error at the very end (or a string never closed) is a record cut short; elsewhere, something in
+            # it is not JSON (a hand-redacted `"auth_code": <redacted>`)
+            cut = e.pos >= len(stripped) - 1 or e.msg.startswith("Unterminated string")
+            return Located(reason=f"invalid JSON: {e.msg.removesuffix(' at')} at {where}{' (truncated?)' if cut else ''}")
     found = _search(root, root_is_text)
     if found is None:
         if any(m in stripped for m in _MARKERS):
