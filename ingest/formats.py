@@ -7,8 +7,11 @@ members are read one by one as sources of their own), then the text layout:
 * ``json-array`` / ``json-object`` / ``json-stream``: a JSON document. The records are the items of the array
   that holds the notifications (found by sampling: ``hits.hits``, ``events``, ``data``, Loki's
   ``data.result[].values``, ...), streamed with ijson so a large document never becomes one Python object.
-  A top-level array of objects (``gcloud logging read --format=json``, ``jq -s``) is not parsed here at all:
-  a vectorised scan of its bytes cuts it into its items, whose text goes on as records, as lines do;
+  A top-level array of objects (``gcloud logging read --format=json``, ``jq -s``), or objects in an array
+  reached by keys alone (Elasticsearch ``hits.hits``, CloudWatch ``events``, Datadog ``data``, in one document
+  or in pages back to back), is not parsed here at all: a vectorised scan of its bytes cuts it into its items,
+  whose text goes on as records, as lines do, and an item that is not valid JSON is a record the quarantine
+  keeps instead of the end of the read;
 * ``csv`` / ``tsv``: a header row and one record per row (a record becomes a JSON object of its columns);
 * ``splunk-xml``: Splunk's XML search results (Splunk Web "Export" -> XML, REST ``output_mode=xml``): one
   record per ``<result>``, a JSON object of its ``<field k=...>`` values, parsed incrementally. Any other XML
@@ -701,6 +704,124 @@ def _read_array_items(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             return
 
 
+_KEY_BEFORE = re.compile(rb'"((?:[^"\\\\]|\\\\.)*)"\s*:\s*$')
+
+
+def _key_before(body: np.ndarray, at: int) -> str | None:
+    """The object key whose value starts at `at` (`"hits" : [` -> hits), or None."""
+    found = _KEY_BEFORE.search(body[max(0, at - 4096) : at].tobytes())
+    if not found:
+        return None
+    try:
+        return json.loads(b'"' + found.group(1) + b'"')
+    except ValueError:
+        return None
+
+
+def _records_keys(sample: bytes, prefix: str) -> list[str] | None:
+    """For records that are the objects of an array reached by object keys alone (Elasticsearch `hits.hits.item`,
+    CloudWatch `events.item`, Datadog `data.item`): those keys. None for any other shape."""
+    steps = prefix.split(".")
+    if len(steps) < 2 or steps[-1] != "item" or "item" in steps[:-1] or any(not k for k in steps[:-1]):
+        return None
+    try:
+        for at, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if at == prefix:
+                return steps[:-1] if event == "start_map" else None
+    except ijson.JSONError:
+        pass
+    return None
+
+
+def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: bool) -> Iterator[pa.Table]:
+    """The objects of the arrays at `keys` (in every document, when several follow each other), split by the same
+    byte scan as `_read_array_items`: only the few marks of the envelope around them are walked one by one."""
+    record_no = 0
+    pending = b""
+    stack: list[tuple[int, str | None]] = []  # open containers of the envelope: (bracket, key)
+    records_depth = len(keys) + 1  # inside a records array (root object, one object per key but the last, the array)
+    inside = False  # in a records array, right after its '[' or after a comma between two records
+    documents = 0
+    while True:
+        data = bytearray(len(pending) + CHUNK_BYTES)
+        data[: len(pending)] = pending
+        try:
+            end = _fill(stream, memoryview(data), len(pending))
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+            raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
+        at_end = end < len(data)
+        body = np.frombuffer(data, np.uint8, count=end)
+        if not documents and not stack:
+            body = body[len(body) - len(bytes(body).lstrip(codecs.BOM_UTF8)) :]
+        marks = _unquoted_structure(body)
+        kinds = body[marks]
+        i, edge, tables, problem = 0, -1, [], None  # edge: the mark before the next record
+        cut = 0  # where the unread rest of this buffer starts
+        while i < len(marks) and problem is None:
+            if inside:
+                depth = records_depth + np.cumsum(_DELTA[kinds[i:]], dtype=np.int64)
+                closes = np.flatnonzero(depth < records_depth)
+                stop = len(depth) if not len(closes) else closes[0]
+                bounds = marks[i:][:stop][(kinds[i:][:stop] == ord(",")) & (depth[:stop] == records_depth)]
+                if len(closes):
+                    bounds = np.r_[bounds, marks[i + stop]]
+                if len(bounds):
+                    lengths = np.diff(np.r_[edge, bounds]) - 1
+                    keep = np.ones(int(bounds[-1]) - edge - 1, bool)
+                    keep[bounds[:-1] - edge - 1] = False
+                    items = body[edge + 1 : bounds[-1]][keep]
+                    if not (len(closes) and len(bounds) == 1 and not items.tobytes().strip()):  # `[]`
+                        offsets = np.zeros(len(lengths) + 1, np.int64)
+                        np.cumsum(lengths, out=offsets[1:])
+                        table = _records_table(items, offsets, record_no, "record")
+                        record_no += len(lengths)
+                        tables.append(table.set_column(1, "raw", pa.compute.utf8_trim_whitespace(table.column("raw"))))
+                    edge = int(bounds[-1])
+                    cut = edge + 1
+                if not len(closes):
+                    break
+                if kinds[i + stop] != ord("]"):
+                    problem = "a bracket closes what never opened"
+                    break
+                stack.pop()
+                inside = False
+                i += stop + 1
+                cut = int(marks[i - 1]) + 1
+                continue
+            at, kind = int(marks[i]), int(kinds[i])
+            if kind in (ord("{"), ord("[")):
+                key = _key_before(body, at) if stack and stack[-1][0] == ord("{") else None
+                stack.append((kind, key))
+                if (kind == ord("[") and len(stack) == records_depth and stack[0][0] == ord("{")
+                        and [k for _, k in stack[1:]] == keys):
+                    inside, edge = True, at
+            elif kind in (ord("}"), ord("]")):
+                if not stack or stack[-1][0] != kind - 2:  # '{' + 2 == '}', '[' + 2 == ']'
+                    problem = "a bracket closes what never opened"
+                    break
+                stack.pop()
+                if not stack:
+                    documents += 1
+                    rest = body[at + 1 :].tobytes()
+                    if not multiple and (rest.strip() or not _only_whitespace_left(stream)):
+                        problem = "data after the document"
+            i += 1
+            cut = at + 1
+        yield from tables
+        if problem is None and at_end and (stack or not documents):
+            problem = "the file ends inside the document"
+        if problem:
+            raise ReadError(f"{name}: invalid JSON after record {record_no} ({problem}); the records before it were read")
+        if at_end or (not multiple and documents):
+            return
+        pending = body[cut:].tobytes() if not inside else body[edge + 1 :].tobytes() if edge >= 0 else body.tobytes()
+        if inside and edge < 0 and len(pending) > MAX_RECORD_BYTES:
+            raise ReadError(f"{name}: record {record_no + 1} is larger than {MAX_RECORD_BYTES >> 20} MB; "
+                            "the records before it were read")
+        if inside:
+            edge = -1
+
+
 def _array_of_objects(sample: bytes) -> bool:
     text = sample.lstrip(codecs.BOM_UTF8).lstrip()
     return text[:1] == b"[" and text[1:].lstrip()[:1] == b"{"
@@ -736,6 +857,10 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         names, by_column = columns_of(stream.sample, prefix)
         if not multiple and prefix == "item" and names is None and _array_of_objects(stream.sample):
             yield from _read_array_items(name, stream)  # split, not parsed
+            return
+        keys = _records_keys(stream.sample, prefix) if names is None else None
+        if keys:
+            yield from _read_nested_items(name, stream, keys, multiple)  # split too, around a small envelope
             return
         batch = Batch()
         record_no = 0

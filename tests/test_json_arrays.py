@@ -128,12 +128,24 @@ def test_text_that_only_starts_like_an_array_is_not_split_as_one(text):
     assert formats.sniff("x.log", text) == "text"
 
 
-def test_a_pretty_document_that_breaks_loads_its_records_up_to_the_break_and_never_quotes_the_text(tmp_path):
+def test_a_redacted_value_in_a_pretty_document_costs_only_its_own_record():
     # Read as text, each line of a pretty-printed Elasticsearch answer was a record of its own: with one
     # redacted value, all 350 lines were quarantined and nothing loaded.
     doc = (DATA / "exports" / "elasticsearch_search.json").read_text(encoding="utf-8")
     broken = doc.replace('"auth_code" : "WNEQ', '"auth_code" : <redacted>, "x" : "WNEQ', 1)
     assert broken != doc
+    store, report = _load(broken.encode(), name="es.json")
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-object", 6, 5, 1, None)
+
+
+def test_a_document_that_breaks_loads_its_records_up_to_the_break_and_never_quotes_the_text(tmp_path, monkeypatch):
+    # Shapes the scan does not take (Loki's arrays of arrays, columnar answers) are parsed (ijson), which stops
+    # at a break. The parser's own message quotes the text around the error, an auth code here: it is left out
+    # of the report and of the database file.
+    monkeypatch.setattr(formats, "_records_keys", lambda sample, prefix: None)  # this answer, parsed
+    doc = (DATA / "exports" / "elasticsearch_search.json").read_text(encoding="utf-8")
+    broken = doc.replace('"auth_code" : "WNEQ', '"auth_code" : <redacted>, "x" : "WNEQ', 1)
     path = tmp_path / "es.json"
     path.write_text(broken, encoding="utf-8")
     db = tmp_path / "x.duckdb"
@@ -142,8 +154,55 @@ def test_a_pretty_document_that_breaks_loads_its_records_up_to_the_break_and_nev
     store.close()
     assert (report.format, report.new_deliveries, report.rejected) == ("json-object", 5, 0)
     assert report.error.startswith(f"{path}: invalid JSON after record 5 (lexical error")
-    # the parser's own message quotes the text around the error, the auth code included: it is left out,
-    # of the report and of the database file
     code = re.search(r'"WNEQ\w+', doc).group(0)[1:]
     assert code[:8] not in report.error
     assert code[:8].encode() not in db.read_bytes()
+
+
+# -- records inside a document: Elasticsearch `hits.hits`, CloudWatch `events`, Datadog `data` ------------------
+
+_ENVELOPE = st.dictionaries(_TRICKY.filter(lambda k: k not in ("hits", "events")), _VALUES, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_ENVELOPE, _ITEMS, _ENVELOPE), min_size=1, max_size=3), st.sampled_from([None, 2]),
+       st.integers(1, 64))
+def test_the_records_of_a_document_are_what_a_json_parser_finds(pages, indent, chunk):
+    # each page: some keys, then hits.hits, then more keys (CloudWatch puts `searchedLogStreams` after `events`)
+    docs = [json.dumps({**before, "hits": {"total": len(items), "hits": items}, **after}, indent=indent,
+                       ensure_ascii=False) for before, items, after in pages]
+    doc = "\n".join(docs).encode()
+    want = [item for _, items, _ in pages for item in items]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(formats, "CHUNK_BYTES", chunk)
+        tables = list(formats._read_nested_items("t.json", io.BytesIO(doc), ["hits", "hits"], len(pages) > 1))
+    got = [(n, json.loads(raw)) for t in tables
+           for n, raw in zip(t.column("record_no").to_pylist(), t.column("raw").to_pylist(), strict=True)]
+    assert got == list(enumerate(want, start=1))
+
+
+def _es(records: list[dict]) -> dict:
+    return {"took": 3, "timed_out": False, "hits": {"total": {"value": len(records)}, "max_score": None,
+                                                     "hits": [{"_index": "logs", "_id": str(i), "_source": r}
+                                                              for i, r in enumerate(records)]}}
+
+
+def test_a_broken_hit_past_the_first_megabyte_is_quarantined_and_the_hits_after_it_load():
+    logins = [record(f"2026-12-03T09:{i // 60 % 60:02d}:{i % 60:02d}Z", body("new", f"T{i}")) for i in range(5000)]
+    text = json.dumps(_es([*logins, *_notifications()]), indent=2)
+    at = text.index('"new_oauth_token": "T4990"')
+    text = text[:at] + '"new_oauth_token": <redacted>' + text[at + len('"new_oauth_token": "T4990"'):]
+    assert at > formats.SAMPLE_BYTES
+    store, report = _load(text.encode(), name="es.json")
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-object", 5003, 5002, 1, None)
+    assert store.cursor().execute("SELECT record_no FROM quarantine").fetchall() == [(4991,)]
+    assert store.cursor().execute("SELECT count(*) FROM chains WHERE events = 3").fetchall() == [(1,)]
+
+
+def test_a_document_cut_short_loads_the_records_before_the_cut():
+    text = json.dumps(_es(_notifications()), indent=2)
+    store, report = _load(text[: text.rindex('"_index"')].encode(), name="es.json")
+    assert report.error == "es.json: invalid JSON after record 2 (the file ends inside the document); " \
+                           "the records before it were read"
+    assert report.new_deliveries == 2
