@@ -384,16 +384,7 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     first = True  # until the first line is seen: a byte-order mark, Grafana's preamble
     bom_checked = False
     while True:
-        # Each chunk is read into a new buffer that starts with the previous chunk's unfinished line, rather
-        # than joined to it afterwards (`tail + chunk`): that copy, into fresh memory, cost more than the read
-        # itself (1.9 s of CPU for a 2 GB file against 0.4 s), on the thread that shares two cores with DuckDB.
-        # The buffer is new each time because the batches made from it are still being staged.
-        data = bytearray(len(tail) + CHUNK_BYTES)
-        data[: len(tail)] = tail
-        try:
-            end = _fill(stream, memoryview(data), len(tail))
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-            raise ReadError(f"{name}: the file ends early or is damaged after line {record_no}: {e}") from e
+        data, end = _next_chunk(name, stream, tail, f"line {record_no}")
         if end == len(tail):
             break
         start = 0
@@ -420,6 +411,20 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             table = _drop_preamble(table)
         if len(table):
             yield table
+
+
+def _next_chunk(name: str, stream: BinaryIO, carried: bytes, after: str) -> tuple[bytearray, int]:
+    """A new buffer holding `carried` (the unfinished record of the chunk before) and then up to CHUNK_BYTES read
+    from the stream; returns it and where its data ends. Read into, rather than joined to the carried bytes
+    afterwards (`tail + chunk`): that copy, into fresh memory, cost more than the read itself (1.9 s of CPU for a
+    2 GB file against 0.4 s), on the thread that shares two cores with DuckDB. The buffer is new each time
+    because the batches made from the one before are still being staged."""
+    data = bytearray(len(carried) + CHUNK_BYTES)
+    data[: len(carried)] = carried
+    try:
+        return data, _fill(stream, memoryview(data), len(carried))
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after {after}: {e}") from e
 
 
 def _fill(stream: BinaryIO, buf: memoryview, pos: int) -> int:
@@ -639,71 +644,6 @@ def _unquoted_structure(arr: np.ndarray) -> np.ndarray:
     return structural[np.searchsorted(quotes, structural) % 2 == 0]  # an even number of quotes before: outside
 
 
-def _read_array_items(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
-    """The items of one top-level JSON array, as records numbered from 1. A structural error (the file ends
-    inside the array, data after it) is raised after the items before it; an item that is not valid JSON in
-    itself is still a record, which the quarantine then keeps."""
-    record_no = 0
-    pending = b""  # the unfinished item carried over: it starts right after a comma of the array
-    opened = False
-    while True:
-        data = bytearray(len(pending) + CHUNK_BYTES)
-        data[: len(pending)] = pending
-        try:
-            end = _fill(stream, memoryview(data), len(pending))
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-            raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
-        at_end = end < len(data)
-        body = np.frombuffer(data, np.uint8, count=end)
-        if not opened:
-            text = bytes(body).lstrip(codecs.BOM_UTF8).lstrip()  # whitespace only before the '['
-            if not text:
-                if at_end:
-                    raise ReadError(f"{name}: invalid JSON: no array; nothing was read")
-                pending = b""
-                continue
-            if text[:1] != b"[":
-                raise ReadError(f"{name}: invalid JSON: not an array; nothing was read")
-            body = body[end - len(text) + 1 :]
-            opened = True
-        marks = _unquoted_structure(body)
-        depth = 1 + np.cumsum(_DELTA[body[marks]], dtype=np.int64)  # after each mark; the items sit at depth 1
-        closes = np.flatnonzero(depth <= 0)
-        closed = len(closes) > 0
-        stop = marks[closes[0]] if closed else len(body)
-        bounds = marks[(body[marks] == ord(",")) & (depth == 1) & (marks < stop)]
-        problem = None
-        if closed:
-            bounds = np.r_[bounds, stop]
-            if depth[closes[0]] < 0:
-                problem = "a bracket closes what never opened"
-            elif bytes(body[stop + 1 :]).strip() or not _only_whitespace_left(stream):
-                problem = "data after the array"
-        elif at_end:
-            problem = "the file ends inside the array"
-        elif not len(bounds) and len(body) > MAX_RECORD_BYTES:
-            problem = f"record {record_no + 1} is larger than {MAX_RECORD_BYTES >> 20} MB"
-        if len(bounds):
-            # the items between the marks, the marks taken out: one buffer with the items back to back
-            lengths = np.diff(np.r_[-1, bounds]) - 1
-            keep = np.ones(int(bounds[-1]), bool)
-            keep[bounds[:-1]] = False
-            items = body[: bounds[-1]][keep]
-            if not (closed and len(bounds) == 1 and not bytes(items).strip()):  # `[]` has no item
-                offsets = np.zeros(len(lengths) + 1, np.int64)
-                np.cumsum(lengths, out=offsets[1:])
-                table = _records_table(items, offsets, record_no, "record")
-                record_no += len(lengths)
-                yield table.set_column(1, "raw", pa.compute.utf8_trim_whitespace(table.column("raw")))
-            pending = bytes(body[bounds[-1] + 1 :])
-        else:
-            pending = bytes(body)
-        if problem:
-            raise ReadError(f"{name}: invalid JSON after record {record_no} ({problem}); the records before it were read")
-        if closed:
-            return
-
-
 _KEY_BEFORE = re.compile(rb'"((?:[^"\\\\]|\\\\.)*)"\s*:\s*$')
 
 
@@ -734,8 +674,11 @@ def _records_keys(sample: bytes, prefix: str) -> list[str] | None:
 
 
 def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: bool) -> Iterator[pa.Table]:
-    """The objects of the arrays at `keys` (in every document, when several follow each other), split by the same
-    byte scan as `_read_array_items`: only the few marks of the envelope around them are walked one by one."""
+    """The items of the arrays at `keys` (no keys: a top-level array), in every document when several follow each
+    other, numbered from 1. Inside those arrays the scan splits; only the few marks of the envelope around them
+    are walked one by one. A structural error (the file ends inside a document, data after it) is raised after
+    the items before it; an item that is not valid JSON in itself is still a record, for the quarantine."""
+    what = "document" if keys else "array"
     record_no = 0
     pending = b""
     stack: list[tuple[int, str | None]] = []  # open containers of the envelope: (bracket, key)
@@ -743,12 +686,7 @@ def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: b
     inside = False  # in a records array, right after its '[' or after a comma between two records
     documents = 0
     while True:
-        data = bytearray(len(pending) + CHUNK_BYTES)
-        data[: len(pending)] = pending
-        try:
-            end = _fill(stream, memoryview(data), len(pending))
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-            raise ReadError(f"{name}: the file ends early or is damaged after record {record_no}: {e}") from e
+        data, end = _next_chunk(name, stream, pending, f"record {record_no}")
         at_end = end < len(data)
         body = np.frombuffer(data, np.uint8, count=end)
         if not documents and not stack:
@@ -783,17 +721,14 @@ def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: b
                 if kinds[i + stop] != ord("]"):
                     problem = "a bracket closes what never opened"
                     break
-                stack.pop()
                 inside = False
-                i += stop + 1
-                cut = int(marks[i - 1]) + 1
-                continue
+                i += stop  # the array's ']': closed below, as any bracket of the envelope
             at, kind = int(marks[i]), int(kinds[i])
             if kind in (ord("{"), ord("[")):
                 key = _key_before(body, at) if stack and stack[-1][0] == ord("{") else None
                 stack.append((kind, key))
-                if (kind == ord("[") and len(stack) == records_depth and stack[0][0] == ord("{")
-                        and [k for _, k in stack[1:]] == keys):
+                if (kind == ord("[") and len(stack) == records_depth and [k for _, k in stack[1:]] == keys
+                        and (stack[0][0] == ord("{") or not keys)):
                     inside, edge = True, at
             elif kind in (ord("}"), ord("]")):
                 if not stack or stack[-1][0] != kind - 2:  # '{' + 2 == '}', '[' + 2 == ']'
@@ -804,12 +739,12 @@ def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: b
                     documents += 1
                     rest = body[at + 1 :].tobytes()
                     if not multiple and (rest.strip() or not _only_whitespace_left(stream)):
-                        problem = "data after the document"
+                        problem = f"data after the {what}"
             i += 1
             cut = at + 1
         yield from tables
         if problem is None and at_end and (stack or not documents):
-            problem = "the file ends inside the document"
+            problem = f"the file ends inside the {what}"
         if problem:
             raise ReadError(f"{name}: invalid JSON after record {record_no} ({problem}); the records before it were read")
         if at_end or (not multiple and documents):
@@ -856,10 +791,10 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         prefix = records_prefix(stream.sample)
         names, by_column = columns_of(stream.sample, prefix)
         if not multiple and prefix == "item" and names is None and _array_of_objects(stream.sample):
-            yield from _read_array_items(name, stream)  # split, not parsed
-            return
-        keys = _records_keys(stream.sample, prefix) if names is None else None
-        if keys:
+            keys = []  # an array of objects: split, not parsed
+        else:
+            keys = _records_keys(stream.sample, prefix) if names is None else None
+        if keys is not None:
             yield from _read_nested_items(name, stream, keys, multiple)  # split too, around a small envelope
             return
         batch = Batch()

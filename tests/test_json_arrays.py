@@ -1,5 +1,5 @@
 """A JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`) is split into
-its items by a scan of its bytes (`ingest.formats._read_array_items`), not parsed item by item. The scan must
+its items by a scan of its bytes (`ingest.formats._read_nested_items`), not parsed item by item. The scan must
 find exactly the items a JSON parser finds, wherever the reads cut the file and whatever the strings hold;
 a broken document still loads what comes before the break, and says where it broke."""
 
@@ -29,7 +29,7 @@ _ITEMS = st.lists(st.dictionaries(_TRICKY, _VALUES, max_size=4), max_size=12)
 
 
 def _split(doc: bytes, chunk: int) -> list[tuple[int, object]]:
-    tables = list(formats._read_array_items("t.json", io.BytesIO(doc)))
+    tables = list(formats._read_nested_items("t.json", io.BytesIO(doc), [], False))
     return [(n, json.loads(raw)) for t in tables
             for n, raw in zip(t.column("record_no").to_pylist(), t.column("raw").to_pylist(), strict=True)]
 
