@@ -282,9 +282,11 @@ def sniff(name: str, sample: bytes) -> str:
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
             return "json-array"
-        if lines and lines[0].strip() in ("{", "["):
-            # A pretty-printed document (every API and CLI writes one so) that breaks somewhere in the sample:
-            # read as a document, its records up to the break load and the break is reported with its record
+        one_line_answer = len(lines) == 1 and stripped[0] == "{" and len(lines[0]) > 2048  # not a lone record
+        if lines and (lines[0].strip() in ("{", "[") or one_line_answer):
+            # A document that breaks somewhere in the sample, pretty-printed (as every CLI writes one) or on one
+            # line (as `curl` saves an API's answer): read as a document, its records up to the break load (or
+            # all but the broken one, when the scan takes the shape) and the break is reported with its record
             # number. Read as text, each of its lines would be a record of its own, all of them quarantined.
             if stripped[0] == "[":
                 return "json-array"

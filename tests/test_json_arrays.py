@@ -206,3 +206,13 @@ def test_a_document_cut_short_loads_the_records_before_the_cut():
     assert report.error == "es.json: invalid JSON after record 2 (the file ends inside the document); " \
                            "the records before it were read"
     assert report.new_deliveries == 2
+
+
+def test_a_redacted_value_in_a_one_line_document_costs_only_its_own_record():
+    # `curl .../_search > export.json` saves the answer on one line: read as text it was one record, quarantined
+    doc = json.dumps(json.loads((DATA / "exports" / "elasticsearch_search.json").read_bytes()))
+    broken = doc.replace('"auth_code": "WNEQ', '"auth_code": <redacted>, "x": "WNEQ', 1)
+    assert broken != doc and "\n" not in broken
+    store, report = _load(broken.encode(), name="es.json")
+    assert (report.format, report.records, report.new_deliveries, report.rejected, report.error) == \
+        ("json-object", 6, 5, 1, None)
