@@ -613,10 +613,11 @@ def columns_of(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
     return None, False
 
 
-# One JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`): split into
+# A JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`), or the
+# records array of an API answer (Elasticsearch `hits.hits`, CloudWatch `events`, Datadog `data`): split into
 # its items by a vectorised scan of the bytes instead of parsing every item into Python objects and writing
 # it out again (ijson + json.dumps: ~19 us a record on the reader thread, which then was the bottleneck; the
-# scan costs ~1 us). Each item's own text goes to DuckDB as a record, exactly as a line of JSON Lines does.
+# scan costs ~2 us). Each item's own text goes to DuckDB as a record, exactly as a line of JSON Lines does.
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 _DELTA = np.zeros(256, np.int8)  # +1 opens, -1 closes, 0 for a comma
 for _c in b"{[":
@@ -751,12 +752,12 @@ def _read_nested_items(name: str, stream: BinaryIO, keys: list[str], multiple: b
             raise ReadError(f"{name}: invalid JSON after record {record_no} ({problem}); the records before it were read")
         if at_end or (not multiple and documents):
             return
-        pending = body[cut:].tobytes() if not inside else body[edge + 1 :].tobytes() if edge >= 0 else body.tobytes()
-        if inside and edge < 0 and len(pending) > MAX_RECORD_BYTES:
+        # the unfinished record (from the mark before it; edge is -1 when it started in an earlier buffer), or
+        # the envelope from its last mark; the next buffer starts with it, outside any string
+        pending = (body[edge + 1 :] if inside else body[cut:]).tobytes()
+        if inside and len(pending) > MAX_RECORD_BYTES:
             raise ReadError(f"{name}: record {record_no + 1} is larger than {MAX_RECORD_BYTES >> 20} MB; "
                             "the records before it were read")
-        if inside:
-            edge = -1
 
 
 def _array_of_objects(sample: bytes) -> bool:
