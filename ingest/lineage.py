@@ -323,7 +323,7 @@ def _build(cur, access_ttl_s: int, refresh_ttl_s: int, *, scoped: bool) -> dict:
                  else "(SELECT old_refresh_token_fp FROM tt_ev WHERE is_refresh)")
     cur.execute(_FORKED.format(presented=presented))
     t_forks = time.perf_counter() - t_forks
-    cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id VARCHAR)")
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_cycle_roots (event_id UHUGEINT)")
     rounds = _resolve(cur, _BY_JOINS if events > LIST_JUMP_MAX_EVENTS else _ON_LISTS, events)
     # every event has its chain: numbering, the issuer join and the pointer jumping are what networkx's
     # connected_components does (bench/ingest.py compares them)

@@ -250,12 +250,7 @@ def _count_staged(cur, source_id: int, report: FileReport) -> None:
 
 def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:
     for table in batches:
-        _on_prepared(
-            cur,
-            "INSERT INTO stage BY NAME SELECT $sid::INTEGER AS source_id, *, false AS bad_time FROM tt_prepared",
-            {"sid": source_id},
-            table,
-        )
+        _on_prepared(cur, _PREPARED_SQL, {"sid": source_id}, table)
         report.records += len(table)
     _count_staged(cur, source_id, report)
 
@@ -326,10 +321,29 @@ def locate_rows(rows) -> pa.Table:
     )
 
 
+# Prepared rows carry fingerprints as text (`ingest.fingerprint.text`; a spool written before schema 2: base64).
+# Their ids are recomputed from the fingerprints, so a spool line of either age gets the ids the store uses.
+_PREPARED_SQL = """
+INSERT INTO stage BY NAME
+WITH p AS (
+    SELECT * EXCLUDE (event_id, delivery_id) REPLACE (
+        tt_fp_of_text(quarantine_id) AS quarantine_id, tt_fp_of_text(auth_code_fp) AS auth_code_fp,
+        tt_fp_of_text(access_token_fp) AS access_token_fp, tt_fp_of_text(refresh_token_fp) AS refresh_token_fp,
+        tt_fp_of_text(old_refresh_token_fp) AS old_refresh_token_fp)
+    FROM tt_prepared
+), q AS (
+    SELECT *, CASE WHEN reason IS NULL THEN tt_event_id(notification_type, auth_code_fp, access_token_fp,
+                                                        refresh_token_fp, old_refresh_token_fp) END AS event_id
+    FROM p
+)
+SELECT $sid::INTEGER AS source_id, *, tt_delivery_id(event_id, received_at) AS delivery_id, false AS bad_time FROM q
+"""
+
+
 def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
     name, fileobj, owned = _open(item)
     report = IdentityReport(name)
-    cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp VARCHAR, identity VARCHAR)")
+    cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp UHUGEINT, identity VARCHAR)")
     try:
         text = io.TextIOWrapper(fileobj, encoding="utf-8-sig", errors="replace", newline="")
         reader = csv.reader(text)

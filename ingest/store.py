@@ -5,12 +5,11 @@ Design choices:
 * **One connection wrapper** (`Store`). DuckDB allows one read-write process per database file; inside a
   process, one connection and a `cursor()` per thread. The dashboard opens one `Store` and every page query
   takes its own cursor; the CLI opens its own when no dashboard holds the file.
-* **No raw credentials on disk.** Tokens and auth codes are stored as keyed fingerprints: the first 72 bits
-  of SHA-256(key || value), as 12 URL-safe base64 characters, with a 128-bit random key kept beside the
-  database in `<db>.key` (mode 0600, never in the repository or the database). Truncating the digest makes
-  length extension useless, so this keyed hash is a sound PRF: a fingerprint reveals nothing of a random
-  token and cannot be matched without the key. 72 bits keep the chance of any collision among 10 million
-  tokens below 1e-8 while fitting DuckDB's 12-byte inline strings (fast joins).
+* **No raw credentials on disk.** Tokens and auth codes are stored as keyed fingerprints (`ingest.fingerprint`:
+  120-bit integers), with a 128-bit random key kept beside the database in `<db>.key` (mode 0600, never in
+  the repository or the database). A fingerprint cannot be matched to a token without the key.
+* **Schema versions.** A database of schema 1 (fingerprints as base64 text) is converted in place, in one
+  transaction, the first time it is opened for writing (`_upgrade_from_1`).
 * **No PRIMARY KEY indexes.** DuckDB's ART indexes make bulk loads slow and memory-hungry; the ingest
   deduplicates with anti-joins instead (see `ingest.pipeline`).
 * **Derived tables** (`lineage`, `chains`) are rebuilt by `ingest.lineage` inside the ingest transaction.
@@ -27,13 +26,15 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = "1"
+from ingest import fingerprint
 
-# Random ids and fingerprints are incompressible, and DuckDB's dictionary+FSST analysis of them made writing
-# `events` and `lineage` 3-4x slower: those columns are stored uncompressed. Every other column keeps DuckDB's
+SCHEMA_VERSION = "2"
+
+# Random ids and fingerprints are incompressible, and DuckDB's analysis of them only slows writing `events` and
+# `lineage`: those columns are stored uncompressed. Every other column keeps DuckDB's
 # automatic compression: a file name repeated on every delivery, a notification type, an identity then take
 # a dictionary entry instead of their full text (at 1M deliveries the `source` column alone was 53 MB).
-RANDOM = "VARCHAR USING COMPRESSION uncompressed"
+RANDOM = "UHUGEINT USING COMPRESSION uncompressed"
 
 # The derived tables are recreated by every full rebuild (`ingest.lineage`), from these definitions.
 LINEAGE_COLUMNS = f"""
@@ -146,8 +147,18 @@ class Store:
         if not read_only:
             fresh = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchall()[0][0]
             con.execute(SCHEMA)
-            if not con.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchall()[0][0]:
+            version = con.execute("SELECT any_value(value) FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
+            if version is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            elif version == "1":
+                try:
+                    _upgrade_from_1(con)
+                except BaseException:
+                    con.close()
+                    raise
+            elif version != SCHEMA_VERSION:
+                con.close()
+                raise StoreError(f"{path} was made by a newer tokentrail (schema {version}); upgrade tokentrail to open it")
             if fresh:
                 con.execute("INSERT INTO meta VALUES ('column_compression', 'per column')")
             elif not con.execute("SELECT count(*) FROM meta WHERE key = 'column_compression'").fetchall()[0][0]:
@@ -155,7 +166,14 @@ class Store:
                 # DICT_FSST analysis, so that method stays off for the whole database, as it was then.
                 with contextlib.suppress(duckdb.Error):  # a DuckDB without that method: nothing to disable
                     con.execute("SET disabled_compression_methods = 'dict_fsst'")
-        key = secrets.token_hex(16) if in_memory else _load_or_create_key(path, existed=existed, con=con)
+        elif not in_memory and _schema_version(con) not in (None, SCHEMA_VERSION):
+            con.close()
+            raise StoreError(
+                f"{path} was made by another version of tokentrail; open it once for writing (any tokentrail "
+                "command, or the dashboard) to convert it, then read-only"
+            )
+        key = fingerprint.SCHEME_PREFIX + secrets.token_hex(16) if in_memory else _load_or_create_key(
+            path, existed=existed, con=con)
         return cls(path, con, key, read_only, config["memory_limit"])
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -207,11 +225,13 @@ def load_key(db_path: str | os.PathLike) -> str:
 
 
 def _read_key(kp: Path) -> str:
+    """The key as fingerprints use it: `md5-120:` and 32 hex digits, or (a key made before) the bare digits."""
     if kp.stat().st_mode & 0o077:
         os.chmod(kp, 0o600)  # tighten a key someone copied with loose permissions
     key = kp.read_text().strip()
-    if len(key) != 32:
-        raise StoreError(f"the fingerprint key {kp} is damaged (expected 32 hex characters)")
+    digits = key.removeprefix(fingerprint.SCHEME_PREFIX)
+    if len(digits) != 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise StoreError(f"the fingerprint key {kp} is damaged (expected {fingerprint.SCHEME_PREFIX} and 32 hex digits)")
     return key
 
 
@@ -229,8 +249,66 @@ def _load_or_create_key(db_path: str, *, existed: bool, con: duckdb.DuckDBPyConn
             f"the fingerprint key {kp} is missing, but {db_path} holds data fingerprinted with it. "
             "Restore the key file, or start a new database with --db NEWFILE."
         )
-    key = secrets.token_hex(16)
+    key = fingerprint.SCHEME_PREFIX + secrets.token_hex(16)
     fd = os.open(kp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> str | None:
+    try:
+        return con.execute("SELECT any_value(value) FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
+    except duckdb.CatalogException:
+        return None
+
+
+# Schema 1 stored fingerprints as 12 URL-safe base64 characters: the first 72 bits of SHA-256(key || value).
+# As integers, in the high bits, they are what `ingest.fingerprint` computes for a key file of that time.
+# Anything else in an id column (a live spool's placeholder) becomes an MD5 of its text.
+_V1_TO_INT = r"""
+CREATE OR REPLACE TEMP MACRO tt_v1(s) AS
+    CASE WHEN regexp_full_match(s, '[A-Za-z0-9_-]{12}') THEN tt_fp_of_text(s) ELSE md5_number(s) >> 8 END
+"""
+
+
+def _upgrade_from_1(con: duckdb.DuckDBPyConnection) -> None:
+    """Convert a schema-1 database in one transaction: fingerprints to integers, event and delivery ids
+    recomputed from them (`ingest.fingerprint`), lineage rebuilt. Interrupted, it is as before."""
+    from ingest import lineage  # noqa: PLC0415 - lineage builds on this module
+    from ingest.normalize import install_macros  # noqa: PLC0415
+
+    tables = ("deliveries", "events", "quarantine", "identity_map", "lineage", "chains")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        install_macros(con)
+        con.execute(_V1_TO_INT)
+        for t in tables:
+            con.execute(f"ALTER TABLE {t} RENAME TO v1_{t}")
+        con.execute(SCHEMA)
+        fps = ("auth_code_fp", "access_token_fp", "refresh_token_fp", "old_refresh_token_fp")
+        con.execute(f"""
+            CREATE TEMP TABLE tt_v1_events AS
+            SELECT event_id AS v1_id, tt_event_id(notification_type, {", ".join(f"tt_v1({c})" for c in fps)}) AS event_id
+            FROM v1_events""")
+        con.execute(f"""
+            INSERT INTO events
+            SELECT v.* REPLACE (m.event_id AS event_id, {", ".join(f"tt_v1(v.{c}) AS {c}" for c in fps)})
+            FROM v1_events v JOIN tt_v1_events m ON m.v1_id = v.event_id""")
+        con.execute("""
+            INSERT INTO deliveries
+            SELECT d.* REPLACE (tt_delivery_id(m.event_id, d.received_at) AS delivery_id, m.event_id AS event_id)
+            FROM v1_deliveries d JOIN tt_v1_events m ON m.v1_id = d.event_id""")
+        con.execute("INSERT INTO quarantine SELECT * REPLACE (tt_v1(quarantine_id) AS quarantine_id) FROM v1_quarantine")
+        con.execute("INSERT INTO identity_map SELECT * REPLACE (tt_v1(auth_code_fp) AS auth_code_fp) FROM v1_identity_map")
+        for t in tables:
+            con.execute(f"DROP TABLE v1_{t}")
+        con.execute("DROP TABLE tt_v1_events")
+        ttl = con.execute("SELECT any_value(value) FROM meta WHERE key = 'access_ttl_s'").fetchall()[0][0]
+        lineage.rebuild(con, access_ttl_s=int(ttl or DEFAULT_ACCESS_TTL_S))
+        set_meta(con, "schema_version", SCHEMA_VERSION)
+        set_meta(con, "column_compression", "per column")  # the tables were made anew
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.json as pajson
 
+from ingest import fingerprint
 from ingest.pipeline import IngestReport, StagedInput, ingest
 from ingest.store import Store, set_meta
 from live.spool import (
@@ -111,7 +112,8 @@ def _table_line_by_line(chunk: Chunk) -> pa.Table:
             tables.append(pa.Table.from_pylist([{
                 "record_no": -(i + 1),
                 "reason": f"damaged spool line {i + 1} after byte {chunk.start} of {chunk.segment.name}",
-                "quarantine_id": f"spool:{chunk.segment.name}:{chunk.start}:{i}",
+                "quarantine_id": fingerprint.text(fingerprint.fp(fingerprint.SCHEME_PREFIX,
+                                                                 f"spool:{chunk.segment.name}:{chunk.start}:{i}")),
             }], schema=SCHEMA))
     return pa.concat_tables(tables)
 

@@ -21,8 +21,6 @@ disk is the stage row.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import re
@@ -37,6 +35,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from ingest import fingerprint
+from ingest.fingerprint import text_sql
 from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.pipeline import SLOW_RELATION, locate_rows
 from live.spool import LINE_FIELDS, SpoolWriter
@@ -170,13 +170,16 @@ class Recorder:
             con.execute(f"INSERT INTO stage {normalize_sql(SLOW_RELATION)}", params)
             # A quarantine id must not repeat across segments: make it depend on the segment too.
             con.execute(
-                "UPDATE stage SET quarantine_id = tt_fp($key, $segment || '|' || quarantine_id) "
+                f"UPDATE stage SET quarantine_id = tt_fp($key, $segment || '|' || {text_sql('quarantine_id')}) "
                 "WHERE quarantine_id IS NOT NULL",
                 {"key": self.key, "segment": self.writer.segment.name},
             )
             fields = [f for f in LINE_FIELDS if f not in ("received_at", "upstream_status")]
+            ids = {"quarantine_id", "auth_code_fp", "access_token_fp", "refresh_token_fp", "old_refresh_token_fp",
+                   "event_id", "delivery_id"}
+            columns = [f"{text_sql(f)} AS {f}" if f in ids else f for f in fields]
             out = con.execute(
-                f"SELECT {', '.join(fields)}, strftime(received_at, '%Y-%m-%dT%H:%M:%S.%fZ') "
+                f"SELECT {', '.join(columns)}, strftime(received_at, '%Y-%m-%dT%H:%M:%S.%fZ') "
                 "FROM stage ORDER BY record_no"
             ).fetchall()
         finally:
@@ -224,18 +227,6 @@ def _value(s: str | None) -> str | None:
     return None if t in _NO_VALUE else t
 
 
-def _fp(key: str, value: str | None) -> str | None:
-    """tt_fp(): 72 bits of SHA-256(key || value), as 12 URL-safe base64 characters."""
-    if value is None:
-        return None
-    return base64.urlsafe_b64encode(hashlib.sha256((key + value).encode()).digest()[:9]).decode()
-
-
-def _id(text: str) -> str:
-    """tt_id(): 72 bits of MD5, as 12 URL-safe base64 characters."""
-    return base64.urlsafe_b64encode(hashlib.md5(text.encode()).digest()[:9]).decode()
-
-
 def _no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -261,14 +252,15 @@ def fast_row(key: str, record_no: int, body: bytes, received_ns: int) -> dict | 
     auth_code, access, refresh, old = (_value(v) for v in values[1:])
     if access is None or (ntype == "refresh" and old is None):
         return None
-    fps = [_fp(key, v) for v in (auth_code, access, refresh, old)]
-    event_id = _id("|".join([ntype, *(f or "" for f in fps)]))
-    us = received_ns // 1000
+    fps = [fingerprint.fp(key, v) for v in (auth_code, access, refresh, old)]
+    event_id = fingerprint.event_id(ntype, *fps)
+    text = [None if f is None else fingerprint.text(f) for f in fps]
     return {
         "record_no": record_no, "reason": None, "excerpt": None, "quarantine_id": None,
-        "notification_type": ntype, "auth_code_fp": fps[0], "access_token_fp": fps[1],
-        "refresh_token_fp": fps[2], "old_refresh_token_fp": fps[3], "identity": None,
-        "event_id": event_id, "delivery_id": _id(f"{event_id}|{us}"),
+        "notification_type": ntype, "auth_code_fp": text[0], "access_token_fp": text[1],
+        "refresh_token_fp": text[2], "old_refresh_token_fp": text[3], "identity": None,
+        "event_id": fingerprint.text(event_id),
+        "delivery_id": fingerprint.text(fingerprint.delivery_id(event_id, received_ns // 1000)),
         "received_at": iso_us(received_ns),
     }
 

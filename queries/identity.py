@@ -57,9 +57,9 @@ WITH mine AS (
     SELECT c.chain_id, d.first_seen AS next_start, d.chain_id AS next_chain_id
     FROM mine c ASOF JOIN mine d ON d.first_seen > c.last_seen
 )
-SELECT c.chain_id, left(c.chain_id, {SHORT_FP}) AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
+SELECT printf('%030x', c.chain_id) AS chain_id, left(printf('%030x', c.chain_id), {SHORT_FP}) AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
        c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
-       n.next_start, left(n.next_chain_id, {SHORT_FP}) AS next_chain
+       n.next_start, left(printf('%030x', n.next_chain_id), {SHORT_FP}) AS next_chain
 FROM mine c LEFT JOIN nxt n USING (chain_id)
 WHERE TRUE {_IN_RANGE}
 ORDER BY c.first_seen NULLS LAST, c.chain_id
@@ -70,30 +70,32 @@ ORDER BY c.first_seen NULLS LAST, c.chain_id
 _EVENTS = f"""
 WITH mine AS (
     SELECT chain_id FROM chains c
-    WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = $chain_id) {_IN_RANGE}
+    WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = try_cast('0x' || $chain_id AS UHUGEINT))
+          {_IN_RANGE}
 ), ev AS (
     SELECT l.event_id, l.chain_id, l.parent_id, l.refresh_class, l.interval_s, l.depth, l.forked,
            e.first_seen, e.notification_type, e.deliveries, e.access_token_fp, e.refresh_token_fp,
            e.old_refresh_token_fp
     FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 )
-SELECT ev.event_id, left(ev.event_id, {SHORT_FP}) AS event, ev.chain_id, left(ev.chain_id, {SHORT_FP}) AS chain,
+SELECT printf('%030x', ev.event_id) AS event_id, left(printf('%030x', ev.event_id), {SHORT_FP}) AS event,
+       printf('%030x', ev.chain_id) AS chain_id, left(printf('%030x', ev.chain_id), {SHORT_FP}) AS chain,
        ev.first_seen AS time, ev.notification_type AS type, ev.deliveries,
-       left(ev.access_token_fp, {SHORT_FP}) AS access_fp, left(ev.refresh_token_fp, {SHORT_FP}) AS refresh_fp,
-       left(ev.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_fp,
-       ev.refresh_class, ev.interval_s, ev.depth, ev.forked, ev.parent_id, left(ev.parent_id, {SHORT_FP}) AS parent,
+       left(printf('%030x', ev.access_token_fp), {SHORT_FP}) AS access_fp, left(printf('%030x', ev.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
+       left(printf('%030x', ev.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp,
+       ev.refresh_class, ev.interval_s, ev.depth, ev.forked, printf('%030x', ev.parent_id) AS parent_id, left(printf('%030x', ev.parent_id), {SHORT_FP}) AS parent,
        p.first_seen AS parent_time
 FROM ev LEFT JOIN ev p ON p.event_id = ev.parent_id
 ORDER BY ev.first_seen NULLS LAST, ev.event_id
 """
 
 _CHAIN_EVENTS = f"""
-SELECT e.event_id, l.parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
+SELECT printf('%030x', e.event_id) AS event_id, printf('%030x', l.parent_id) AS parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
        l.forked, l.refresh_class, l.interval_s,
-       left(e.access_token_fp, {SHORT_FP}) AS access_fp, left(e.refresh_token_fp, {SHORT_FP}) AS refresh_fp,
-       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_fp
+       left(printf('%030x', e.access_token_fp), {SHORT_FP}) AS access_fp, left(printf('%030x', e.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
+       left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp
 FROM lineage l JOIN events e USING (event_id)
-WHERE l.chain_id = $chain_id
+WHERE l.chain_id = try_cast('0x' || $chain_id AS UHUGEINT)
 ORDER BY e.first_seen NULLS LAST, e.event_id
 """
 
@@ -101,7 +103,7 @@ _FORKS = f"""
 WITH mine AS (
     SELECT chain_id FROM chains c WHERE identity = $identity AND forks > 0 {_IN_RANGE}
 )
-SELECT left(l.chain_id, {SHORT_FP}) AS chain, left(e.old_refresh_token_fp, {SHORT_FP}) AS token_fp,
+SELECT left(printf('%030x', l.chain_id), {SHORT_FP}) AS chain, left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS token_fp,
        min(e.first_seen) AS first_at, max(e.first_seen) AS last_at, count(*) AS presented
 FROM (SELECT event_id, chain_id FROM lineage WHERE forked) l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 GROUP BY ALL ORDER BY first_at
@@ -128,7 +130,7 @@ WITH mine AS (
                  AND r.last_seen < c.orphan_start AND r.last_seen >= c.orphan_start - to_seconds($window_s)
     GROUP BY c.orphan_id
 )
-SELECT left(c.chain_id, {SHORT_FP}) AS chain, c.last_seen, left(c.orphan_id, {SHORT_FP}) AS orphan_chain,
+SELECT left(printf('%030x', c.chain_id), {SHORT_FP}) AS chain, c.last_seen, left(printf('%030x', c.orphan_id), {SHORT_FP}) AS orphan_chain,
        c.orphan_start, c.orphan_events, c.orphan_span_s, coalesce(r.other_sessions, 0) AS other_sessions
 FROM cand c LEFT JOIN rivals r USING (orphan_id)
 ORDER BY c.orphan_start

@@ -112,10 +112,10 @@ WITH d AS (
 )
 SELECT d.received_at,
        e.notification_type,
-       left(d.event_id, {SHORT_FP}) AS event,
-       left(e.access_token_fp, {SHORT_FP}) AS access_fp,
-       left(e.refresh_token_fp, {SHORT_FP}) AS refresh_fp,
-       left(e.old_refresh_token_fp, {SHORT_FP}) AS old_refresh_fp,
+       left(printf('%030x', d.event_id), {SHORT_FP}) AS event,
+       left(printf('%030x', e.access_token_fp), {SHORT_FP}) AS access_fp,
+       left(printf('%030x', e.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
+       left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp,
        d.received_at > e.first_seen AS retry,
        d.upstream_status,
        CASE WHEN d.upstream_status IS NULL THEN 'not relayed' WHEN d.upstream_status = 0 THEN 'no answer'

@@ -115,8 +115,8 @@ WITH gaps AS (
     FROM orphans o JOIN gaps g ON g.gap_start < o.first_seen AND g.gap_end > o.look_from
     GROUP BY o.chain_id
 ), result AS MATERIALIZED (
-SELECT w.chain_id, left(w.chain_id, {SHORT_FP}) AS chain, w.first_seen, w.last_seen, w.events, w.deliveries,
-       w.refreshes, w.span_s, w.end_state, left(w.unknown_parent_fp, {SHORT_FP}) AS unknown_parent,
+SELECT w.chain_id, left(printf('%030x', w.chain_id), {SHORT_FP}) AS chain, w.first_seen, w.last_seen, w.events, w.deliveries,
+       w.refreshes, w.span_s, w.end_state, left(printf('%030x', w.unknown_parent_fp), {SHORT_FP}) AS unknown_parent,
        date_diff('microsecond', t.first_at, w.first_seen) / 1e6 AS after_data_start_s,
        1 - len(list_filter(iq.q, lambda v: v < date_diff('microsecond', t.first_at, w.first_seen) / 1e6)) / 100.0
            AS later_refresh_share,
@@ -138,7 +138,7 @@ LEFT JOIN gap_hit h USING (chain_id)
     FROM (SELECT time_bucket(CAST($bucket AS INTERVAL), first_seen) AS t, cause, count(*) AS n
           FROM result GROUP BY ALL)
 )
-SELECT r.*, c.cause_counts FROM result r CROSS JOIN by_cause c
+SELECT r.* REPLACE (printf('%030x', r.chain_id) AS chain_id), c.cause_counts FROM result r CROSS JOIN by_cause c
 ORDER BY r.first_seen DESC, r.chain_id
 LIMIT $limit
 """

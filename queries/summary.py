@@ -37,7 +37,7 @@ SELECT
 """
 
 _CHAINS_FOR_IDENTITY = """
-SELECT chain_id, first_seen, last_seen, events, refreshes, deliveries, forks, late_refreshes, early_refreshes,
+SELECT printf('%030x', chain_id) AS chain_id, first_seen, last_seen, events, refreshes, deliveries, forks, late_refreshes, early_refreshes,
        span_s, lifetime_s, end_state, root_type, orphan, untimed_events
 FROM chains WHERE identity = ? ORDER BY first_seen NULLS LAST, chain_id
 """

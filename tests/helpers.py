@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import json
 import sys
 from pathlib import Path
 
+from ingest import fingerprint
 from ingest.pipeline import ingest
 from ingest.store import Store
 
@@ -41,10 +40,9 @@ def jsonl(records: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-def fp(store: Store, value: str) -> str:
+def fp(store: Store, value: str) -> int:
     """The store's fingerprint of a raw value (the test knows the key; the database never does)."""
-    digest = hashlib.sha256((store.key + value).encode()).digest()[:9]
-    return base64.urlsafe_b64encode(digest).decode()
+    return fingerprint.fp(store.key, value)
 
 
 def load(store: Store, records: list[dict], name: str = "input.jsonl", identities: bytes | None = None):

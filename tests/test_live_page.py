@@ -21,6 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGES, fmt_int, fmt_pct
+from ingest import fingerprint
 from ingest.store import Store
 from live.follower import apply_spool
 from live.recorder import Recorder
@@ -109,7 +110,7 @@ def build_live_store(db: Path) -> dict:
         return {
             "db": db,
             "access_fp": {
-                k: fp(store, b["new_oauth_token"])
+                k: fingerprint.text(fp(store, b["new_oauth_token"]))
                 for k, b in (("new", NEW), ("r1", R1), ("r2", R2), ("r3", R3), ("machine", MACHINE))
             },
         }

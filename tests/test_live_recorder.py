@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest import fingerprint
 from ingest.store import Store
 from live.follower import CURSOR_KEY, apply_spool
 from live.recorder import Recorder, fast_row
@@ -153,7 +154,7 @@ def test_spool_holds_fingerprints_only(tmp_path):
         assert s.encode() not in data
         assert s[:16].encode() not in data
     line = json.loads(segments(spool_dir_for(store.path))[0].read_text().splitlines()[0])
-    assert line["access_token_fp"] == fp(store, secrets_sent[1])
+    assert line["access_token_fp"] == fingerprint.text(fp(store, secrets_sent[1]))
 
 
 def test_one_receiver_per_spool(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from bench.notifications import generate
 from ingest.pipeline import ingest
-from ingest.store import SCHEMA, Store, StoreError
+from ingest.store import RANDOM, SCHEMA, Store, StoreError
 from tests.helpers import body, load, record
 
 
@@ -52,25 +52,24 @@ def test_random_columns_are_stored_uncompressed_and_the_rest_compressed(tmp_path
     store.close()
 
 
-def test_a_database_made_before_per_column_compression_still_opens_and_loads(tmp_path):
+def test_a_database_made_before_per_column_compression_is_converted_and_loads(tmp_path):
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    con.execute(SCHEMA.replace(" USING COMPRESSION uncompressed", ""))  # the layout before: plain VARCHAR
+    con.execute(SCHEMA.replace(f" {RANDOM}", " VARCHAR"))  # the layout of schema 1 before it: plain VARCHAR
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     con.close()
 
     store = Store.open(path)
-    # its fingerprint columns have no per-column setting: DICT_FSST stays off for the whole database
-    assert "dict_fsst" in store.con.execute("SELECT lower(current_setting('disabled_compression_methods'))").fetchall()[0][0]
-    assert store.get_meta("column_compression") is None
+    # its tables were made anew (schema 2), with per-column compression: nothing is disabled database-wide
+    assert store.get_meta("column_compression") == "per column"
+    assert store.con.execute("SELECT current_setting('disabled_compression_methods')").fetchall()[0][0] == ""
+    assert store.con.execute(
+        "SELECT data_type FROM duckdb_columns() WHERE table_name = 'events' AND column_name = 'event_id'"
+    ).fetchall() == [("UHUGEINT",)]
     load(store, _sessions(50))
     chains = store.con.execute("SELECT count(*), sum(events), count(*) FILTER (orphan) FROM chains").fetchall()[0]
     assert chains == (50, 100, 0)
     store.close()
-
-    fresh = Store.open(tmp_path / "new.duckdb")
-    assert fresh.con.execute("SELECT current_setting('disabled_compression_methods')").fetchall()[0][0] == ""
-    fresh.close()
 
 
 def test_running_out_of_memory_rolls_back_with_a_store_error(tmp_path):
