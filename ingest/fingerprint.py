@@ -25,23 +25,13 @@ SCHEME_PREFIX = "md5-120:"
 UNTIMED = 1 << 60  # the "time" of an untimed delivery, beyond any microsecond epoch of 1990-2200
 HEX_DIGITS = 30
 
-# The SQL of the same definitions (DuckDB macros; $key-style arguments are plain macro arguments here).
-SQL_MACROS = f"""
-CREATE OR REPLACE TEMP MACRO tt_fp(k, x) AS
-    CASE WHEN starts_with(k, '{SCHEME_PREFIX}') THEN md5_number(k || x) >> 8
-         ELSE ('0x' || left(sha256(k || x), 18))::UHUGEINT << 48 END;
-CREATE OR REPLACE TEMP MACRO tt_event_id(ntype, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp) AS
-    xor(xor(xor(coalesce(access_token_fp, 0::UHUGEINT), coalesce(refresh_token_fp >> 1, 1::UHUGEINT)),
-            xor(coalesce(old_refresh_token_fp >> 2, 2::UHUGEINT), coalesce(auth_code_fp >> 3, 3::UHUGEINT))),
-        CASE ntype WHEN 'refresh' THEN 4::UHUGEINT ELSE 0::UHUGEINT END);
--- The text form back (`text`); a 12-character one is schema 1's base64 (a spool written before).
-CREATE OR REPLACE TEMP MACRO tt_fp_of_text(s) AS
-    CASE WHEN strlen(s) = 12
-         THEN ('0x' || hex(from_base64(replace(replace(s, '-', '+'), '_', '/'))))::UHUGEINT << 48
-         ELSE ('0x' || s)::UHUGEINT END;
-CREATE OR REPLACE TEMP MACRO tt_delivery_id(event_id, t) AS
-    xor(event_id, coalesce(epoch_us(t), {UNTIMED})::UHUGEINT);
-"""
+def from_text_sql(expr: str) -> str:
+    """SQL: a text form (30 hex digits or fewer) back to the stored integer; NULL when it is not one. In two
+    halves: DuckDB before 2.0 casts hexadecimal text to 64-bit integers but not to 128-bit ones."""
+    padded = f"lpad({expr}, {HEX_DIGITS}, '0')"
+    return (f"CASE WHEN strlen({expr}) BETWEEN 1 AND {HEX_DIGITS} THEN "
+            f"(try_cast('0x' || left({padded}, 15) AS UBIGINT)::UHUGEINT << 60) "
+            f"+ try_cast('0x' || right({padded}, 15) AS UBIGINT) END")
 
 
 def text_sql(column: str) -> str:
@@ -49,9 +39,23 @@ def text_sql(column: str) -> str:
     return f"printf('%0{HEX_DIGITS}x', {column})"
 
 
-def from_text_sql(param: str) -> str:
-    """SQL: a text form (a parameter or column) back to the stored integer; NULL when it is not one."""
-    return f"try_cast('0x' || {param} AS UHUGEINT)"
+# The SQL of the same definitions (DuckDB macros). Schema 1's 72 bits (18 hex digits) sit in the high bits.
+SQL_MACROS = f"""
+CREATE OR REPLACE TEMP MACRO tt_fp(k, x) AS
+    CASE WHEN starts_with(k, '{SCHEME_PREFIX}') THEN md5_number(k || x) >> 8
+         ELSE {from_text_sql("(left(sha256(k || x), 18) || '000000000000')")} END;
+CREATE OR REPLACE TEMP MACRO tt_event_id(ntype, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp) AS
+    xor(xor(xor(coalesce(access_token_fp, 0::UHUGEINT), coalesce(refresh_token_fp >> 1, 1::UHUGEINT)),
+            xor(coalesce(old_refresh_token_fp >> 2, 2::UHUGEINT), coalesce(auth_code_fp >> 3, 3::UHUGEINT))),
+        CASE ntype WHEN 'refresh' THEN 4::UHUGEINT ELSE 0::UHUGEINT END);
+-- The text form back (`text`); a 12-character one is schema 1's base64 (a spool written before).
+CREATE OR REPLACE TEMP MACRO tt_fp_of_text(s) AS
+    CASE WHEN strlen(s) = 12
+         THEN {from_text_sql("(hex(from_base64(replace(replace(s, '-', '+'), '_', '/'))) || '000000000000')")}
+         ELSE {from_text_sql("s")} END;
+CREATE OR REPLACE TEMP MACRO tt_delivery_id(event_id, t) AS
+    xor(event_id, coalesce(epoch_us(t), {UNTIMED})::UHUGEINT);
+"""
 
 
 def fp(key: str, value: str | None) -> int | None:

@@ -22,6 +22,7 @@ from datetime import datetime
 
 import pandas as pd
 
+from ingest import fingerprint
 from ingest.store import DEFAULT_REFRESH_TTL_S, Store
 from queries.lifetimes import duration_text
 from queries.refresh import access_ttl_s
@@ -50,6 +51,8 @@ FROM chains WHERE identity = $identity
 
 # next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
 # forced re-login), over all its chains whatever the range.
+_CHAIN_ID = fingerprint.from_text_sql("$chain_id")  # the text form in, the stored integer out
+
 _CHAINS = f"""
 WITH mine AS (
     SELECT * FROM chains WHERE identity = $identity
@@ -70,7 +73,7 @@ ORDER BY c.first_seen NULLS LAST, c.chain_id
 _EVENTS = f"""
 WITH mine AS (
     SELECT chain_id FROM chains c
-    WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = try_cast('0x' || $chain_id AS UHUGEINT))
+    WHERE identity = $identity AND (CAST($chain_id AS VARCHAR) IS NULL OR chain_id = {_CHAIN_ID})
           {_IN_RANGE}
 ), ev AS (
     SELECT l.event_id, l.chain_id, l.parent_id, l.refresh_class, l.interval_s, l.depth, l.forked,
@@ -95,7 +98,7 @@ SELECT printf('%030x', e.event_id) AS event_id, printf('%030x', l.parent_id) AS 
        left(printf('%030x', e.access_token_fp), {SHORT_FP}) AS access_fp, left(printf('%030x', e.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
        left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp
 FROM lineage l JOIN events e USING (event_id)
-WHERE l.chain_id = try_cast('0x' || $chain_id AS UHUGEINT)
+WHERE l.chain_id = {_CHAIN_ID}
 ORDER BY e.first_seen NULLS LAST, e.event_id
 """
 

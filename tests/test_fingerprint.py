@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import json
 import shutil
 from datetime import datetime, timedelta
 
@@ -174,3 +175,39 @@ def test_an_interrupted_conversion_leaves_the_database_as_it_was(tmp_path, monke
     con.close()
     monkeypatch.undo()
     assert Store.open(db).get_meta("schema_version") == SCHEMA_VERSION
+
+
+def test_a_spool_line_written_before_schema_2_applies_with_the_ids_of_now(tmp_path):
+    """A receiver of the version before wrote fingerprints as base64 and ids of its own; its spool, applied
+    after the upgrade, gives the fingerprints the store computes and today's ids."""
+    from live.follower import apply_spool
+    from live.spool import spool_dir_for
+
+    db = tmp_path / "x.duckdb"
+    key_path(str(db)).write_text(OLD_KEY + "\n")  # a key file of schema 1: bare digits
+    store = Store.open(db)
+
+    def old_fp(v):
+        return base64.urlsafe_b64encode(hashlib.sha256((OLD_KEY + v).encode()).digest()[:9]).decode()
+
+    spool = spool_dir_for(db)
+    spool.mkdir()
+    line = {
+        "record_no": 1, "received_at": "2026-12-04T22:05:01.250000Z", "reason": None, "excerpt": None,
+        "quarantine_id": None, "notification_type": "refresh", "auth_code_fp": None,
+        "access_token_fp": old_fp("T2"), "refresh_token_fp": old_fp("R2"), "old_refresh_token_fp": old_fp("R1"),
+        "identity": None, "event_id": "AAAAAAAAAAAA", "delivery_id": "BBBBBBBBBBBB", "upstream_status": None,
+    }
+    (spool / "00000001-20261204T220501Z.jsonl").write_text(json.dumps(line) + "\n")
+    (spool / "00000002-20261204T220502Z.jsonl").write_text("")  # a newer segment: the first one is closed
+    applied = apply_spool(store)
+    assert applied is not None and applied.new_deliveries == 1
+
+    fps = [fingerprint.fp(store.key, v) for v in ("T2", "R2", "R1")]
+    event = fingerprint.event_id("refresh", None, *fps)
+    us = (datetime(2026, 12, 4, 22, 5, 1, 250000) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+    cur = store.cursor()
+    assert cur.execute("SELECT event_id, access_token_fp, refresh_token_fp, old_refresh_token_fp FROM events").fetchall() \
+        == [(event, *fps)]
+    assert cur.execute("SELECT delivery_id FROM deliveries").fetchall() == [(fingerprint.delivery_id(event, us),)]
+    store.close()
