@@ -14,7 +14,8 @@ live receiver's fast path, and tests). `tests/test_fingerprint.py` holds the two
 * **Ids** are not hashed again: an event id combines its fingerprints by XOR, each shifted by its field's
   place (so a token is told apart in each field), and a delivery id is its event id XOR the receipt time in
   microseconds. Fingerprints are uniformly random, so two different payloads share an id with chance 2^-120.
-* **Text**: 30 lowercase hex digits (`text`), for URLs, JSON and the screen, which shows the first few (`short`).
+* **Text**: 30 lowercase hex digits (`text`, `text_sql`), for URLs, JSON and the screen, which shows the first
+  10 (`queries.summary.SHORT_FP`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 SCHEME_PREFIX = "md5-120:"
 UNTIMED = 1 << 60  # the "time" of an untimed delivery, beyond any microsecond epoch of 1990-2200
 HEX_DIGITS = 30
+
 
 def from_text_sql(expr: str) -> str:
     """SQL: a text form (30 hex digits or fewer) back to the stored integer; NULL when it is not one. In two

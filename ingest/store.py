@@ -18,6 +18,7 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import threading
@@ -29,6 +30,7 @@ import duckdb
 from ingest import fingerprint
 
 SCHEMA_VERSION = "2"
+log = logging.getLogger("tokentrail.store")
 
 # Random ids and fingerprints are incompressible, and DuckDB's analysis of them only slows writing `events` and
 # `lineage`: those columns are stored uncompressed. Every other column keeps DuckDB's
@@ -152,7 +154,7 @@ class Store:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             elif version == "1":
                 try:
-                    _upgrade_from_1(con)
+                    _upgrade_from_1(con, path)
                 except BaseException:
                     con.close()
                     raise
@@ -272,9 +274,12 @@ CREATE OR REPLACE TEMP MACRO tt_v1(s) AS
 """
 
 
-def _upgrade_from_1(con: duckdb.DuckDBPyConnection) -> None:
+def _upgrade_from_1(con: duckdb.DuckDBPyConnection, path: str) -> None:
     """Convert a schema-1 database in one transaction: fingerprints to integers, event and delivery ids
     recomputed from them (`ingest.fingerprint`), lineage rebuilt. Interrupted, it is as before."""
+    events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    log.warning("%s: converting to tokentrail's schema %s (fingerprints as integers; %d events), once", path,
+                SCHEMA_VERSION, events)
     from ingest import lineage  # noqa: PLC0415 - lineage builds on this module
     from ingest.normalize import install_macros  # noqa: PLC0415
 
