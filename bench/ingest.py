@@ -136,11 +136,12 @@ def worker_networkx(db: str) -> dict:
     t0 = time.perf_counter()
     # Ids are 120-bit integers, which DuckDB hands to Python one slow conversion at a time (626 s for 5M rows):
     # networkx gets their low 64 bits, through numpy. Those are as distinct as the ids for a graph of this size.
-    low = "(x & 18446744073709551615)::UBIGINT"
-    nodes = con.execute(f"SELECT {low.replace('x', 'event_id')} AS n FROM lineage").fetchnumpy()["n"].tolist()
+    def low(column: str) -> str:
+        return f"({column} & 18446744073709551615)::UBIGINT"
+
+    nodes = con.execute(f"SELECT {low('event_id')} AS n FROM lineage").fetchnumpy()["n"].tolist()
     cols = con.execute(
-        f"SELECT {low.replace('x', 'event_id')} AS a, {low.replace('x', 'parent_id')} AS b FROM lineage "
-        "WHERE parent_id IS NOT NULL"
+        f"SELECT {low('event_id')} AS a, {low('parent_id')} AS b FROM lineage WHERE parent_id IS NOT NULL"
     ).fetchnumpy()
     edges = list(zip(cols["a"].tolist(), cols["b"].tolist(), strict=True))
     fetch_s = time.perf_counter() - t0

@@ -46,8 +46,9 @@ SQL_MACROS = f"""
 CREATE OR REPLACE TEMP MACRO tt_fp(k, x) AS
     CASE WHEN starts_with(k, '{SCHEME_PREFIX}') THEN md5_number(k || x) >> 8
          ELSE {from_text_sql("(left(sha256(k || x), 18) || '000000000000')")} END;
+-- Every event has an access token: without one (a rejected record) there is no event, and no id.
 CREATE OR REPLACE TEMP MACRO tt_event_id(ntype, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp) AS
-    xor(xor(xor(coalesce(access_token_fp, 0::UHUGEINT), coalesce(refresh_token_fp >> 1, 1::UHUGEINT)),
+    xor(xor(xor(access_token_fp, coalesce(refresh_token_fp >> 1, 1::UHUGEINT)),
             xor(coalesce(old_refresh_token_fp >> 2, 2::UHUGEINT), coalesce(auth_code_fp >> 3, 3::UHUGEINT))),
         CASE ntype WHEN 'refresh' THEN 4::UHUGEINT ELSE 0::UHUGEINT END);
 -- The text form back (`text`); a 12-character one is schema 1's base64 (a spool written before).
@@ -70,9 +71,9 @@ def fp(key: str, value: str | None) -> int | None:
     return int.from_bytes(hashlib.sha256(data).digest()[:9], "big") << 48
 
 
-def event_id(ntype: str, auth_code: int | None, access: int | None, refresh: int | None, old: int | None) -> int:
+def event_id(ntype: str, auth_code: int | None, access: int, refresh: int | None, old: int | None) -> int:
     """tt_event_id(), from the four fingerprints."""
-    return ((access or 0)
+    return (access
             ^ (1 if refresh is None else refresh >> 1)
             ^ (2 if old is None else old >> 2)
             ^ (3 if auth_code is None else auth_code >> 3)

@@ -139,8 +139,8 @@ WITH x AS NOT MATERIALIZED (
     FROM c
 ), e AS NOT MATERIALIZED (
     SELECT * EXCLUDE (time_raw),
-           CASE WHEN reason IS NULL THEN tt_event_id(notification_type, auth_code_fp, access_token_fp, refresh_token_fp,
-                                                     old_refresh_token_fp) END AS event_id,
+           tt_event_id(notification_type, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp)
+               AS event_id,
            -- a time that is there but unreadable: the record still counts, as untimed, and is reported
            reason IS NULL AND time_raw IS NOT NULL AND received_at IS NULL AS bad_time
     FROM d

@@ -332,8 +332,8 @@ WITH p AS (
         tt_fp_of_text(old_refresh_token_fp) AS old_refresh_token_fp)
     FROM tt_prepared
 ), q AS (
-    SELECT *, CASE WHEN reason IS NULL THEN tt_event_id(notification_type, auth_code_fp, access_token_fp,
-                                                        refresh_token_fp, old_refresh_token_fp) END AS event_id
+    SELECT *, tt_event_id(notification_type, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp)
+                  AS event_id
     FROM p
 )
 SELECT $sid::INTEGER AS source_id, *, tt_delivery_id(event_id, received_at) AS delivery_id, false AS bad_time FROM q

@@ -112,6 +112,7 @@ def _table_line_by_line(chunk: Chunk) -> pa.Table:
             tables.append(pa.Table.from_pylist([{
                 "record_no": -(i + 1),
                 "reason": f"damaged spool line {i + 1} after byte {chunk.start} of {chunk.segment.name}",
+                # an id of its place in the spool (not a secret: hashed with no key)
                 "quarantine_id": fingerprint.text(fingerprint.fp(fingerprint.SCHEME_PREFIX,
                                                                  f"spool:{chunk.segment.name}:{chunk.start}:{i}")),
             }], schema=SCHEMA))

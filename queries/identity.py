@@ -23,10 +23,11 @@ from datetime import datetime
 import pandas as pd
 
 from ingest import fingerprint
+from ingest.fingerprint import text_sql
 from ingest.store import DEFAULT_REFRESH_TTL_S, Store
 from queries.lifetimes import duration_text
 from queries.refresh import access_ttl_s
-from queries.summary import SHORT_FP
+from queries.summary import short_sql
 
 CONTINUATION_SLACK_S = (
     900  # beyond two token lifetimes, how late an orphan may start to count as a continuation
@@ -49,10 +50,10 @@ SELECT count(*) AS chains, min(first_seen) AS first_seen, max(last_seen) AS last
 FROM chains WHERE identity = $identity
 """
 
-# next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
-# forced re-login), over all its chains whatever the range.
 _CHAIN_ID = fingerprint.from_text_sql("$chain_id")  # the text form in, the stored integer out
 
+# next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
+# forced re-login), over all its chains whatever the range.
 _CHAINS = f"""
 WITH mine AS (
     SELECT * FROM chains WHERE identity = $identity
@@ -60,9 +61,9 @@ WITH mine AS (
     SELECT c.chain_id, d.first_seen AS next_start, d.chain_id AS next_chain_id
     FROM mine c ASOF JOIN mine d ON d.first_seen > c.last_seen
 )
-SELECT printf('%030x', c.chain_id) AS chain_id, left(printf('%030x', c.chain_id), {SHORT_FP}) AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
+SELECT {text_sql('c.chain_id')} AS chain_id, {short_sql('c.chain_id')} AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
        c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
-       n.next_start, left(printf('%030x', n.next_chain_id), {SHORT_FP}) AS next_chain
+       n.next_start, {short_sql('n.next_chain_id')} AS next_chain
 FROM mine c LEFT JOIN nxt n USING (chain_id)
 WHERE TRUE {_IN_RANGE}
 ORDER BY c.first_seen NULLS LAST, c.chain_id
@@ -81,22 +82,22 @@ WITH mine AS (
            e.old_refresh_token_fp
     FROM lineage l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 )
-SELECT printf('%030x', ev.event_id) AS event_id, left(printf('%030x', ev.event_id), {SHORT_FP}) AS event,
-       printf('%030x', ev.chain_id) AS chain_id, left(printf('%030x', ev.chain_id), {SHORT_FP}) AS chain,
+SELECT {text_sql('ev.event_id')} AS event_id, {short_sql('ev.event_id')} AS event,
+       {text_sql('ev.chain_id')} AS chain_id, {short_sql('ev.chain_id')} AS chain,
        ev.first_seen AS time, ev.notification_type AS type, ev.deliveries,
-       left(printf('%030x', ev.access_token_fp), {SHORT_FP}) AS access_fp, left(printf('%030x', ev.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
-       left(printf('%030x', ev.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp,
-       ev.refresh_class, ev.interval_s, ev.depth, ev.forked, printf('%030x', ev.parent_id) AS parent_id, left(printf('%030x', ev.parent_id), {SHORT_FP}) AS parent,
+       {short_sql('ev.access_token_fp')} AS access_fp, {short_sql('ev.refresh_token_fp')} AS refresh_fp,
+       {short_sql('ev.old_refresh_token_fp')} AS old_refresh_fp,
+       ev.refresh_class, ev.interval_s, ev.depth, ev.forked, {text_sql('ev.parent_id')} AS parent_id, {short_sql('ev.parent_id')} AS parent,
        p.first_seen AS parent_time
 FROM ev LEFT JOIN ev p ON p.event_id = ev.parent_id
 ORDER BY ev.first_seen NULLS LAST, ev.event_id
 """
 
 _CHAIN_EVENTS = f"""
-SELECT printf('%030x', e.event_id) AS event_id, printf('%030x', l.parent_id) AS parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
+SELECT {text_sql('e.event_id')} AS event_id, {text_sql('l.parent_id')} AS parent_id, e.first_seen AS time, e.notification_type AS type, e.deliveries, l.depth,
        l.forked, l.refresh_class, l.interval_s,
-       left(printf('%030x', e.access_token_fp), {SHORT_FP}) AS access_fp, left(printf('%030x', e.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
-       left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp
+       {short_sql('e.access_token_fp')} AS access_fp, {short_sql('e.refresh_token_fp')} AS refresh_fp,
+       {short_sql('e.old_refresh_token_fp')} AS old_refresh_fp
 FROM lineage l JOIN events e USING (event_id)
 WHERE l.chain_id = {_CHAIN_ID}
 ORDER BY e.first_seen NULLS LAST, e.event_id
@@ -106,7 +107,7 @@ _FORKS = f"""
 WITH mine AS (
     SELECT chain_id FROM chains c WHERE identity = $identity AND forks > 0 {_IN_RANGE}
 )
-SELECT left(printf('%030x', l.chain_id), {SHORT_FP}) AS chain, left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS token_fp,
+SELECT {short_sql('l.chain_id')} AS chain, {short_sql('e.old_refresh_token_fp')} AS token_fp,
        min(e.first_seen) AS first_at, max(e.first_seen) AS last_at, count(*) AS presented
 FROM (SELECT event_id, chain_id FROM lineage WHERE forked) l JOIN mine USING (chain_id) JOIN events e USING (event_id)
 GROUP BY ALL ORDER BY first_at
@@ -133,7 +134,7 @@ WITH mine AS (
                  AND r.last_seen < c.orphan_start AND r.last_seen >= c.orphan_start - to_seconds($window_s)
     GROUP BY c.orphan_id
 )
-SELECT left(printf('%030x', c.chain_id), {SHORT_FP}) AS chain, c.last_seen, left(printf('%030x', c.orphan_id), {SHORT_FP}) AS orphan_chain,
+SELECT {short_sql('c.chain_id')} AS chain, c.last_seen, {short_sql('c.orphan_id')} AS orphan_chain,
        c.orphan_start, c.orphan_events, c.orphan_span_s, coalesce(r.other_sessions, 0) AS other_sessions
 FROM cand c LEFT JOIN rivals r USING (orphan_id)
 ORDER BY c.orphan_start

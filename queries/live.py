@@ -27,7 +27,7 @@ from live.follower import CURSOR_KEY
 from live.spool import RECEIVING_S as RECEIVING_S  # re-exported for the page
 from live.spool import Cursor, SpoolSnapshot, snapshot, spool_dir_for
 from queries.overview import _in_range, _range, bucket_grid
-from queries.summary import SHORT_FP
+from queries.summary import short_sql
 
 MAX_RECENT = 200
 
@@ -112,10 +112,10 @@ WITH d AS (
 )
 SELECT d.received_at,
        e.notification_type,
-       left(printf('%030x', d.event_id), {SHORT_FP}) AS event,
-       left(printf('%030x', e.access_token_fp), {SHORT_FP}) AS access_fp,
-       left(printf('%030x', e.refresh_token_fp), {SHORT_FP}) AS refresh_fp,
-       left(printf('%030x', e.old_refresh_token_fp), {SHORT_FP}) AS old_refresh_fp,
+       {short_sql('d.event_id')} AS event,
+       {short_sql('e.access_token_fp')} AS access_fp,
+       {short_sql('e.refresh_token_fp')} AS refresh_fp,
+       {short_sql('e.old_refresh_token_fp')} AS old_refresh_fp,
        d.received_at > e.first_seen AS retry,
        d.upstream_status,
        CASE WHEN d.upstream_status IS NULL THEN 'not relayed' WHEN d.upstream_status = 0 THEN 'no answer'

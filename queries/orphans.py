@@ -27,10 +27,11 @@ from datetime import datetime
 
 import pandas as pd
 
+from ingest.fingerprint import text_sql
 from ingest.store import Store
 from queries.lifetimes import duration_text
 from queries.refresh import access_ttl_s
-from queries.summary import SHORT_FP
+from queries.summary import short_sql
 
 GAP_FACTOR = 15.0  # a gap counts when it is this many times the usual spacing between deliveries ...
 GAP_MIN_S = 30.0  # ... and at least this long (Tyk's 3 attempts span ~20 s: shorter outages lose nothing)
@@ -115,8 +116,8 @@ WITH gaps AS (
     FROM orphans o JOIN gaps g ON g.gap_start < o.first_seen AND g.gap_end > o.look_from
     GROUP BY o.chain_id
 ), result AS MATERIALIZED (
-SELECT w.chain_id, left(printf('%030x', w.chain_id), {SHORT_FP}) AS chain, w.first_seen, w.last_seen, w.events, w.deliveries,
-       w.refreshes, w.span_s, w.end_state, left(printf('%030x', w.unknown_parent_fp), {SHORT_FP}) AS unknown_parent,
+SELECT w.chain_id, {short_sql('w.chain_id')} AS chain, w.first_seen, w.last_seen, w.events, w.deliveries,
+       w.refreshes, w.span_s, w.end_state, {short_sql('w.unknown_parent_fp')} AS unknown_parent,
        date_diff('microsecond', t.first_at, w.first_seen) / 1e6 AS after_data_start_s,
        1 - len(list_filter(iq.q, lambda v: v < date_diff('microsecond', t.first_at, w.first_seen) / 1e6)) / 100.0
            AS later_refresh_share,
@@ -138,7 +139,7 @@ LEFT JOIN gap_hit h USING (chain_id)
     FROM (SELECT time_bucket(CAST($bucket AS INTERVAL), first_seen) AS t, cause, count(*) AS n
           FROM result GROUP BY ALL)
 )
-SELECT r.* REPLACE (printf('%030x', r.chain_id) AS chain_id), c.cause_counts FROM result r CROSS JOIN by_cause c
+SELECT r.* REPLACE ({text_sql('r.chain_id')} AS chain_id), c.cause_counts FROM result r CROSS JOIN by_cause c
 ORDER BY r.first_seen DESC, r.chain_id
 LIMIT $limit
 """

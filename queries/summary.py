@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ingest.fingerprint import text_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store
 
 SHORT_FP = 10  # characters of a fingerprint shown to people
+
+
+def short_sql(column: str) -> str:
+    """SQL: the first SHORT_FP characters of an id's or a fingerprint's text form, as people see it."""
+    return f"left({text_sql(column)}, {SHORT_FP})"
+
 
 _SUMMARY = """
 SELECT
@@ -36,8 +43,8 @@ SELECT
     (SELECT max(received_at) FROM deliveries) AS last_seen
 """
 
-_CHAINS_FOR_IDENTITY = """
-SELECT printf('%030x', chain_id) AS chain_id, first_seen, last_seen, events, refreshes, deliveries, forks, late_refreshes, early_refreshes,
+_CHAINS_FOR_IDENTITY = f"""
+SELECT {text_sql('chain_id')} AS chain_id, first_seen, last_seen, events, refreshes, deliveries, forks, late_refreshes, early_refreshes,
        span_s, lifetime_s, end_state, root_type, orphan, untimed_events
 FROM chains WHERE identity = ? ORDER BY first_seen NULLS LAST, chain_id
 """
