@@ -97,8 +97,7 @@ WHERE old_refresh_token_fp IN (
 # list inside one DuckDB expression (list_transform reading the list it transforms): no hash join, no per-event
 # Python. With x = p[n] and a = x & 0xFFFFFFFF its ancestor, the new entry is (x's distance << 32) + p[a], which
 # is x - a + p[a]: one lookup an entry. Packed, a round costs half of what two lists (ancestors, distances) cost:
-# ~15 ms per million events, where the equivalent self-join takes 100-600 ms. `p0` keeps the parents, for
-# cutting cycles.
+# ~35 ms per million events (one thread: the list is one value), where the equivalent self-join takes 100-600 ms.
 _LOW = 4294967295  # 0xFFFFFFFF: the ancestor's half of an entry
 _ROUND = f"list_transform(p, lambda x: x - (x & {_LOW}) + p[x & {_LOW}])"
 
@@ -106,7 +105,7 @@ _ROUND = f"list_transform(p, lambda x: x - (x & {_LOW}) + p[x & {_LOW}])"
 # written per statement. Inside the ingest's transaction every replaced version of a temp table stays in memory
 # until the commit (it could still be rolled back): a statement per round pinned ~40 MB per round at 5M events,
 # memory the rest of the rebuild then had to spill. Three rounds resolve chains up to 8 deep; two statements
-# (six rounds) up to 64; a round costs ~40 ms at 5M events, so an unneeded one is cheap.
+# (six rounds) up to 64; a round costs ~0.17 s at 5M events.
 ROUNDS_PER_STATEMENT = 3
 
 
@@ -116,14 +115,11 @@ def _list_rounds(first: str, k: int) -> str:
     return f"WITH {', '.join(steps)} SELECT p FROM r{k}"
 
 
-_JUMP_START = f"""
-CREATE OR REPLACE TEMP TABLE tt_p0 AS SELECT list(coalesce(parent, n) ORDER BY n) AS p0 FROM tt_link;
-CREATE OR REPLACE TEMP TABLE tt_jump AS
-{_list_rounds("SELECT list_transform(p0, lambda x, i: ((x <> i)::BIGINT << 32) + x) AS p FROM tt_p0",
-              ROUNDS_PER_STATEMENT)};
-"""
-
-# (p0 lives in its own table so that a round does not copy it.)
+# The first statement builds the list already packed: a root points at itself at distance 0, any other event at
+# its parent at distance 1. (Packing in the aggregate saves a pass over the list and keeping an unpacked copy.)
+_PACKED_PARENTS = """SELECT list(CASE WHEN parent IS NULL THEN n ELSE (1::BIGINT << 32) + parent END ORDER BY n) AS p
+FROM tt_link"""
+_JUMP_START = f"CREATE OR REPLACE TEMP TABLE tt_jump AS {_list_rounds(_PACKED_PARENTS, ROUNDS_PER_STATEMENT)}"
 _JUMP_ROUND = f"CREATE OR REPLACE TEMP TABLE tt_jump AS {_list_rounds('SELECT p FROM tt_jump', ROUNDS_PER_STATEMENT)}"
 
 # Whether a round is still needed, without looking at every pointer: after k rounds an event whose ancestor is
@@ -140,7 +136,6 @@ CREATE OR REPLACE TEMP TABLE tt_res AS
 SELECT n::INTEGER AS n, (x & {_LOW})::INTEGER AS root, (x >> 32)::INTEGER AS depth
 FROM (SELECT generate_subscripts(p, 1) AS n, unnest(p) AS x FROM tt_jump);
 DROP TABLE tt_jump;
-DROP TABLE tt_p0;
 """
 
 # Above this many events the lists would not fit the default 1 GB buffer pool beside the rest of a rebuild
@@ -366,7 +361,8 @@ class _Jumping(NamedTuple):
 
 
 _ON_LISTS = _Jumping(_JUMP_START, _JUMP_ROUND, _MAY_BE_PENDING,
-                     f"tt_link l, tt_jump j, tt_p0 WHERE p0[j.p[l.n] & {_LOW}] <> (j.p[l.n] & {_LOW})", _RESOLVED,
+                     f"tt_link l, tt_jump j, tt_link a WHERE a.n = (j.p[l.n] & {_LOW}) AND a.parent IS NOT NULL",
+                     _RESOLVED,
                      ROUNDS_PER_STATEMENT, ROUNDS_PER_STATEMENT)
 _BY_JOINS = _Jumping(_JOIN_JUMP_START, _JOIN_JUMP_ROUND, "SELECT count(*) FROM tt_pend",
                      "tt_link l WHERE l.n IN (SELECT n FROM tt_pend)", "DROP TABLE tt_pend")
