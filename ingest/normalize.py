@@ -33,15 +33,20 @@ CREATE OR REPLACE TEMP MACRO tt_epoch(n) AS
         WHEN abs(n) >= 1e14 THEN n::BIGINT
         WHEN abs(n) >= 1e11 THEN (n * 1000)::BIGINT
         ELSE (n * 1000000)::BIGINT END);
--- Classic syslog (RFC 3164: `Dec  3 09:00:00`) has no year: the latest one that does not put the time more
--- than a day after now, as rsyslog and Logstash assume. (So a year-old file read again lands a year later.)
-CREATE OR REPLACE TEMP MACRO tt_yearless(t) AS
-    CASE WHEN t > now()::TIMESTAMP + INTERVAL 1 DAY THEN t - INTERVAL 1 YEAR ELSE t END;
+-- Classic syslog (RFC 3164: `Dec  3 09:00:00`) has no year. As rsyslog and Logstash do, take the latest year
+-- that does not put the time more than a day after a reference: here the time the file was last written (the
+-- pipeline sets `tt_time_ref` to its mtime), so the same file read again next year gets the same times; now
+-- for an upload or a stream. Feb 29 falls in the latest leap year before the reference.
+CREATE OR REPLACE TEMP MACRO tt_time_ref() AS coalesce(getvariable('tt_time_ref')::TIMESTAMP, now()::TIMESTAMP);
+CREATE OR REPLACE TEMP MACRO tt_yearless(s) AS
+    list_filter(
+        list_transform(range(-1, 8), lambda k: try_strptime(s || ' ' || (year(tt_time_ref()) - k)::VARCHAR, '%b %d %H:%M:%S %Y')),
+        lambda t: t <= tt_time_ref() + INTERVAL 1 DAY)[1];
 CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
     CASE
         WHEN s IS NULL THEN NULL
         WHEN regexp_full_match(s, '[A-Z][a-z]{2} +[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2}') THEN
-            tt_yearless(try_strptime(regexp_replace(s, ' +', ' ', 'g') || ' ' || year(now())::VARCHAR, '%b %d %H:%M:%S %Y'))
+            tt_yearless(regexp_replace(s, ' +', ' ', 'g'))
         WHEN regexp_full_match(s, '-?[0-9]{9,19}') THEN tt_epoch(s::HUGEINT)
         WHEN regexp_full_match(s, '-?[0-9]{9,11}\.[0-9]+') THEN tt_epoch(s::DECIMAL(22, 9))
         ELSE coalesce(

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -122,6 +123,7 @@ def ingest(
                 sources.append((len(sources) + 1, item.name, report))
                 _stage_prepared(cur, len(sources), item.batches, report)
                 continue
+            _set_time_reference(cur, item)
             try:
                 name, fileobj, owned = _open(item)
             except OSError as e:
@@ -156,6 +158,7 @@ def ingest(
                 if owned:
                     fileobj.close()
             done_before += size
+        cur.execute("RESET VARIABLE tt_time_ref")
         phases["read+stage"] = time.perf_counter() - t0
 
         id_report = _stage_identities(cur, store.key, identities) if identities is not None else None
@@ -575,6 +578,21 @@ def _open(item: Input) -> tuple[str, BinaryIO, bool]:
         return name, fileobj, False
     path = os.fspath(item)
     return path, open(path, "rb"), True  # noqa: SIM115 - closed by the caller
+
+
+def _set_time_reference(cur, item: Input) -> None:
+    """Times without a year (classic syslog) are placed before the time the file was last written, not before
+    today: reading the same file again later must give the same times (normalize's `tt_yearless`). A stream or an
+    upload has no such time: they fall back to now."""
+    try:
+        mtime = None if isinstance(item, tuple) else os.stat(os.fspath(item)).st_mtime
+    except OSError:
+        mtime = None
+    if mtime is None:
+        cur.execute("RESET VARIABLE tt_time_ref")
+    else:
+        when = datetime.fromtimestamp(mtime, UTC).replace(tzinfo=None)
+        cur.execute(f"SET VARIABLE tt_time_ref = TIMESTAMP '{when.isoformat(sep=' ')}'")
 
 
 def _size(item: Input) -> int:

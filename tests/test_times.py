@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,3 +88,32 @@ def test_classic_syslog_times_take_the_latest_year_not_in_the_future(store, days
     ingest(store, [("syslog", io.BytesIO(lines.encode()))])
     got = store.cursor().execute("SELECT first_seen FROM events").fetchall()
     assert got == [(want,)]
+
+
+def _syslog_file(tmp_path, name, stamps, written):
+    """A syslog file with one notification per (month, day, time) stamp, last written at `written` (UTC)."""
+    lines = "".join(
+        f"{stamp} hook-1 tyk-hook[812]: tyk oauth notification body="
+        + json.dumps(body("new", f"T{i}", f"R{i}", code=f"A{i}")) + "\n"
+        for i, stamp in enumerate(stamps)
+    )
+    path = tmp_path / name
+    path.write_text(lines)
+    epoch = written.replace(tzinfo=UTC).timestamp()
+    os.utime(path, (epoch, epoch))
+    return path
+
+
+def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_path):
+    # A file last written on 2 January 2024: its December lines are from 2023, its January ones from 2024, and
+    # 29 February (no such day in 2023) from the leap year 2020 -- whatever today's date is.
+    path = _syslog_file(tmp_path, "syslog.1", ["Dec 31 23:00:00", "Jan  2 11:00:00", "Feb 29 08:00:00"],
+                        datetime(2024, 1, 2, 12, 0))
+    report = ingest(store, [path])
+    assert report.files[0].untimed == 0
+    got = sorted(t for (t,) in store.cursor().execute("SELECT first_seen FROM events").fetchall())
+    assert got == [datetime(2020, 2, 29, 8), datetime(2023, 12, 31, 23), datetime(2024, 1, 2, 11)]
+    # read again (a year on, or today): the same times, so nothing new
+    again = ingest(store, [path])
+    assert (again.files[0].new_deliveries, again.files[0].duplicate_deliveries) == (0, 3)
+    assert store.cursor().execute("SELECT count(*) FROM deliveries").fetchall() == [(3,)]
