@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +111,7 @@ def ingest(
     done_before = 0
     reports: list[FileReport] = []
     sources: list[tuple[int, str, FileReport]] = []
+    recorded: set[int] = set()  # sources of deliveries a receiver recorded one by one (no re-reads in them)
     with store.transaction() as cur:
         install_macros(cur)
         run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_files").fetchall()[0][0]
@@ -121,6 +122,7 @@ def ingest(
                 report = FileReport(item.name, item.format)
                 reports.append(report)
                 sources.append((len(sources) + 1, item.name, report))
+                recorded.add(len(sources))
                 _stage_prepared(cur, len(sources), item.batches, report)
                 continue
             _set_time_reference(cur, item)
@@ -166,7 +168,7 @@ def ingest(
         if progress:
             progress("merging", total, total)
         t0 = time.perf_counter()
-        _merge(cur, run_id, sources, keep_changed=incremental)
+        _merge(cur, run_id, sources, recorded, keep_changed=incremental)
         phases["merge"] = time.perf_counter() - t0
 
         if progress:
@@ -396,40 +398,71 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
 
 # -- merge ---------------------------------------------------------------------------------------------------
 
-def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], *, keep_changed: bool = False) -> None:
-    """Fold the stage into the store: new deliveries, their events, the quarantine. One pass each."""
-    cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR)")
+# Two rows of one payload this close in time are one delivery read twice; Tyk retries after 10 s at the soonest.
+SAME_DELIVERY_S = 5
+
+
+def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorded: Collection[int] = (), *,
+           keep_changed: bool = False) -> None:
+    """Fold the stage into the store: new deliveries, their events, the quarantine. One pass each. The
+    `recorded` sources hold deliveries as a receiver recorded them, each one once: they are told apart by their
+    exact time (see SAME_DELIVERY_S)."""
+    cur.execute("CREATE OR REPLACE TEMP TABLE tt_sources (source_id INTEGER, source VARCHAR, recorded BOOLEAN)")
     if sources:
-        cur.executemany("INSERT INTO tt_sources VALUES (?, ?)", [(sid, name) for sid, name, _ in sources])
+        cur.executemany("INSERT INTO tt_sources VALUES (?, ?, ?)", [(sid, name, sid in recorded)
+                                                                    for sid, name, _ in sources])
     # Events with more than one row in the stage (Tyk's retries, overlapping exports): a few percent. Only
     # their rows need grouping below; a delivery can only repeat inside one of them.
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE tt_multi AS "
         "SELECT event_id FROM stage WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1"
     )
-    # New deliveries: the first occurrence in this run of a delivery the store does not hold yet. Repeats
-    # inside one run are rare (overlapping exports), so only they pay for finding the first occurrence.
+    # New deliveries: the first occurrence in this run of a delivery the store does not hold yet. Read from a
+    # log export, a delivery is a payload at a time, up to SAME_DELIVERY_S: two exports of one record can carry
+    # its time at different precisions (Kibana's CSV ms, Elasticsearch us) or from different clocks (two
+    # platforms' ingest times of a bare body), while Tyk's own retries of a payload come at least 10 s apart.
+    # (What the live receiver recorded is exact: each of its rows is one POST.) Repeats inside one run are rare
+    # (overlapping exports), so only the events with several rows pay for finding them: sorted by time, a row
+    # close enough to the one before belongs to its delivery, and each delivery keeps its first row in the
+    # files' order. Untimed rows of an event are one delivery.
     cur.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE tt_dup AS
-        SELECT delivery_id, min(source_id::BIGINT * 1099511627776 + record_no) AS pos
-        FROM stage SEMI JOIN tt_multi USING (event_id)
-        WHERE reason IS NULL GROUP BY delivery_id HAVING count(*) > 1
+        f"""
+        CREATE OR REPLACE TEMP TABLE tt_repeat AS
+        WITH r AS (
+            SELECT event_id, received_at, source_id::BIGINT * 1099511627776 + record_no AS pos,
+                   lag(received_at) OVER w AS prev, row_number() OVER w AS i,
+                   recorded OR lag(recorded) OVER w AS exact
+            FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
+            WHERE reason IS NULL
+            WINDOW w AS (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos)
+        ), c AS (
+            SELECT event_id, pos,
+                   sum((i = 1 OR (received_at IS NULL) <> (prev IS NULL)
+                        OR coalesce(date_diff('microsecond', prev, received_at)
+                                    >= CASE WHEN exact THEN 1 ELSE {SAME_DELIVERY_S * 1_000_000} END, false))::INTEGER)
+                       OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos) AS delivery
+            FROM r
+        )
+        SELECT pos FROM c QUALIFY pos <> min(pos) OVER (PARTITION BY event_id, delivery)
         """
     )
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
     # holds already and repeats of a delivery after its first occurrence.
     known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
-    repeats = cur.execute("SELECT EXISTS (SELECT 1 FROM tt_dup)").fetchall()[0][0]
+    repeats = cur.execute("SELECT EXISTS (SELECT 1 FROM tt_repeat)").fetchall()[0][0]
     if known or repeats:  # a first load without repeats (the big one) skips this pass
         cur.execute(
-            """
+            f"""
             DELETE FROM stage s
             WHERE s.reason IS NULL
-              AND (EXISTS (SELECT 1 FROM deliveries x WHERE x.delivery_id = s.delivery_id)
-                   OR EXISTS (SELECT 1 FROM tt_dup d WHERE d.delivery_id = s.delivery_id
-                              AND d.pos <> s.source_id::BIGINT * 1099511627776 + s.record_no))
+              AND (EXISTS (SELECT 1 FROM deliveries x
+                           WHERE x.event_id = s.event_id
+                             AND (x.delivery_id = s.delivery_id
+                                  OR (abs(date_diff('microsecond', x.received_at, s.received_at))
+                                         < {SAME_DELIVERY_S * 1_000_000}
+                                      AND s.source_id NOT IN (SELECT source_id FROM tt_sources WHERE recorded))))
+                   OR s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat))
             """
         )
     new = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
@@ -463,7 +496,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], *, keep
     # the events this run added or changed, for an incremental lineage update
     if keep_changed:  # for lineage.update (live applies: a small stage)
         cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
-    for t in ("tt_multi", "tt_dup", "tt_known", "tt_events", "tt_sources", "stage"):
+    for t in ("tt_multi", "tt_repeat", "tt_known", "tt_events", "tt_sources", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from ingest.pipeline import ingest
 from queries.summary import chains_for_identity, summary
-from tests.helpers import DATA, body, chains_by_label, fp, load, record
+from tests.helpers import DATA, body, chains_by_label, fp, jsonl, load, record
 
 GOLDEN = sorted((DATA / "golden").glob("*.jsonl"))
 SUMMARY_KEYS = ("deliveries", "events", "duplicates", "rejected", "chains", "orphan_chains", "forks", "identities",
@@ -107,6 +108,36 @@ def test_retries_collapse_into_one_event_with_its_delivery_count(store):
     row = store.cursor().execute("SELECT deliveries, first_seen FROM events").fetchall()
     assert [(n, t.isoformat()) for n, t in row] == [(3, "2026-12-03T10:00:00")]
     assert summary(store)["duplicates"] == 2
+
+
+def _times_of_two_exports():
+    """Retries of one refresh 10 s apart, as two platforms export them: Elasticsearch with microseconds, Kibana's
+    CSV with milliseconds, and a third platform whose ingest clock ran 2 s behind."""
+    b = body("refresh", "T2", "R2", "R1")
+    us = [record(f"2026-12-03T10:00:{s:02d}.123456Z", b, status=500 if s < 20 else 200) for s in (0, 10, 20)]
+    ms = [record(f"2026-12-03T10:00:{s:02d}.123Z", b) for s in (0, 10, 20)]
+    late = [record(f"2026-12-03T09:59:{s:02d}.9Z", b) for s in (58,)] + \
+           [record(f"2026-12-03T10:00:{s:02d}.9Z", b) for s in (8, 18)]
+    return us, ms, late
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-after-the-other", "in-one-run"])
+def test_overlapping_exports_at_other_precisions_add_no_delivery(store, together):
+    # A delivery is a payload at a time, up to a few seconds: the same record exported by two platforms keeps
+    # one delivery, while Tyk's retries (10 s apart) stay three. (The live receiver's rows are exact instead:
+    # tests/test_live_receiver.py posts a retry at once and counts two deliveries.)
+    us, ms, late = _times_of_two_exports()
+    files = [("es.jsonl", us), ("kibana.jsonl", ms), ("other.jsonl", late)]
+    if together:
+        ingest(store, [(name, io.BytesIO(jsonl(recs))) for name, recs in files])
+    else:
+        reports = [load(store, recs, name) for name, recs in files]
+        assert [r.files[0].new_deliveries for r in reports] == [3, 0, 0]
+    s = summary(store)
+    assert (s["deliveries"], s["events"], s["duplicates"]) == (3, 1, 2)
+    times = [t.isoformat() for (t,) in store.cursor().execute(
+        "SELECT received_at FROM deliveries ORDER BY received_at").fetchall()]
+    assert times == [f"2026-12-03T10:00:{s:02d}.123456" for s in (0, 10, 20)]  # the first file's
 
 
 def test_reingest_changes_nothing(store, tmp_path):

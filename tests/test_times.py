@@ -24,7 +24,11 @@ TIMES = [
     ("1764752400", "2025-12-03 09:00:00"),  # epoch seconds
     ("1764752400.5", "2025-12-03 09:00:00.500000"),  # epoch seconds with a fraction (zap's ts)
     ("1764752400123", "2025-12-03 09:00:00.123000"),  # epoch ms (CloudWatch, Datadog)
-    ("1764752400123456789", "2025-12-03 09:00:00.123457"),  # epoch ns (Loki), to the nearest microsecond
+    ("1764752400123456789", "2025-12-03 09:00:00.123456"),  # epoch ns (Loki API), truncated like ISO's ns
+    ("2025-12-03T09:00:00.123456789Z", "2025-12-03 09:00:00.123456"),  # ... and as logcli prints the same time
+    ("1764752400596125375", "2025-12-03 09:00:00.596125"),  # (float division made this one .596126)
+    ("1764752400123.5", "2025-12-03 09:00:00.123500"),  # epoch ms with a fraction (JavaScript's performance time)
+    ("1764752400123456", "2025-12-03 09:00:00.123456"),  # epoch us
     ("Dec 3, 2026 @ 09:00:00.123", "2026-12-03 09:00:00.123000"),  # Kibana Discover CSV
     ("03/Dec/2026:10:00:00 +0100", "2026-12-03 09:00:00"),  # Apache / nginx access log
     ("Thu, 03 Dec 2026 09:00:00 GMT", "2026-12-03 09:00:00"),  # RFC 1123 (HTTP Date)
