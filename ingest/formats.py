@@ -33,6 +33,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
 import re
@@ -296,7 +297,7 @@ def sniff(name: str, sample: bytes) -> str:
         return "yaml"
     if lines and lines[0].startswith("EVENTS\t"):
         return "aws-text"
-    dialect = _csv_dialect(lines[:20])
+    dialect = _csv_dialect(lines[:400])
     if dialect:
         return dialect
     return "text"
@@ -366,7 +367,11 @@ def _csv_dialect(lines: list[str]) -> str | None:
         header = next(csv.reader([lines[0]], delimiter=delim))
         if len(header) < 2 or any(len(h) > 80 or "{" in h for h in header):
             continue
-        rows = list(csv.reader(lines[1:6], delimiter=delim))
+        # whole records, not lines: a quoted cell may hold a pretty-printed JSON message over many lines
+        try:
+            rows = list(itertools.islice(csv.reader(lines[1:], delimiter=delim), 5))
+        except csv.Error:
+            continue
         if rows and sum(len(r) == len(header) for r in rows) >= max(1, len(rows) - 1):
             return fmt if delim != ";" else "csv;"
     return None
