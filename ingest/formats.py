@@ -31,7 +31,6 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
-import gzip
 import io
 import itertools
 import json
@@ -154,7 +153,7 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
 
 # Stream compressions, by their magic bytes: (label, a reader of the decompressed bytes).
 _COMPRESSIONS: tuple[tuple[bytes, str, Callable[[BinaryIO], BinaryIO]], ...] = (
-    (b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"\x1f\x8b", "gzip", lambda f: io.BufferedReader(_Gunzip(f), 1 << 20)),
     (b"BZh", "bzip2", bz2.BZ2File),
     (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile),
 )
@@ -177,10 +176,13 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
 
 
 def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
+    decompressed = stream
     try:
         sample = _read_up_to(stream, SAMPLE_BYTES)
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise NotALogExport(f"{name}: cannot decompress ({compression}): {e}") from e
+    if not sample and isinstance(getattr(stream, "raw", None), _Gunzip) and stream.raw.cut_short:
+        raise NotALogExport(f"{name}: the gzip file ends before any of its data (cut off in a copy or an upload?)")
     if sample[257:262] == b"ustar":  # a tar archive (`tar czf logs.tar.gz /var/log/hook/`), maybe compressed
         yield from _tar_sources(name, compression, _Rewound(sample, stream))
         return
@@ -191,7 +193,17 @@ def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Sou
         sample = _read_up_to(stream, SAMPLE_BYTES)
         prefix += "utf-16/"
     fmt = sniff(name, sample)
-    yield Source(name, prefix + fmt, _READERS[fmt](name, _Rewound(sample, stream)))
+    yield Source(name, prefix + fmt, _then_whole(name, _READERS[fmt](name, _Rewound(sample, stream)), decompressed))
+
+
+def _then_whole(name: str, batches: Iterator[pa.Table], stream: BinaryIO) -> Iterator[pa.Table]:
+    """The batches, and then an error if the compressed file was cut short: what it held before the cut has
+    loaded by then (the cut record itself is quarantined as truncated)."""
+    yield from batches
+    gunzip = getattr(stream, "raw", None)
+    if isinstance(gunzip, _Gunzip) and gunzip.cut_short:
+        raise ReadError(f"{name}: the gzip file ends early (cut off in a copy or an upload?); the records before the "
+                        "cut were read")
 
 
 def _tar_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
@@ -1007,6 +1019,49 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
 
 
 # -- stream plumbing -----------------------------------------------------------------------------------------
+
+
+class _Gunzip(io.RawIOBase):
+    """gzip, member after member (`cat a.gz b.gz` is one gzip file), giving out every byte it can decompress. A
+    file cut short (an interrupted copy or upload) ends at the cut instead of failing the read that reaches it, as
+    `gzip.GzipFile` does, which lost up to a whole buffer before the cut (all of a small file); `cut_short` tells.
+    Each call decompresses at most the bytes asked for, so a small file that inflates enormously cannot take the
+    memory at once. A damaged stream (a bad CRC, garbage) still raises zlib.error."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._started = False  # inside a member
+        self.cut_short = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        want = len(b)
+        while True:
+            z = self._inflate
+            if z.unconsumed_tail:
+                out = z.decompress(z.unconsumed_tail, want)
+            elif z.eof:  # a member ended: another may follow (zero padding between them is allowed)
+                rest = z.unused_data.lstrip(b"\x00") or self.raw.read(1 << 20).lstrip(b"\x00")
+                if not rest:
+                    return 0
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                out = self._inflate.decompress(rest, want)
+            else:
+                chunk = self.raw.read(1 << 20)
+                if not chunk:
+                    out = z.decompress(b"", want)  # output zlib may still hold back
+                    if not out and not z.eof:
+                        self.cut_short = self._started
+                        return 0
+                else:
+                    self._started = True
+                    out = z.decompress(chunk, want)
+            if out:
+                b[: len(out)] = out
+                return len(out)
 
 
 class _Counting(io.RawIOBase):

@@ -207,9 +207,18 @@ def _ttl_changed(store: Store, ttl: int) -> bool:
 
 
 def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on_batch=None) -> None:
+    params = {"key": key, "source_id": source_id}
+    try:
+        _stage_batches(cur, source_id, batches, report, on_batch, params)
+    except ReadError:  # a file that breaks part-way keeps the counts of what it staged before the break
+        _count_staged(cur, source_id, report)
+        raise
+    _count_staged(cur, source_id, report)
+
+
+def _stage_batches(cur, source_id: int, batches, report: FileReport, on_batch, params: dict) -> None:
     layout: Layout | None = None
     learned = False
-    params = {"key": key, "source_id": source_id}
     for table in batches:
         if not learned:
             sample = table.filter(pa.compute.is_null(table.column("err"))).column("raw").slice(0, 500)
@@ -241,7 +250,6 @@ def _stage_source(cur, key: str, source_id: int, batches, report: FileReport, on
         report.records += len(table)
         if on_batch:
             on_batch()
-    _count_staged(cur, source_id, report)
 
 
 def _count_staged(cur, source_id: int, report: FileReport) -> None:

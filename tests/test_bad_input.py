@@ -148,3 +148,35 @@ def test_a_quarantined_record_shows_its_field_names_and_is_not_counted_as_an_unr
     (row,) = json.loads(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path).stdout)
     # Tyk's long field names are not mistaken for tokens; the tokens after them are masked
     assert '"refresh_token": "***", "old_refresh_token": "***"' in row["excerpt"], row
+
+
+def test_a_gzip_file_cut_short_loads_what_it_holds_and_says_where_it_ends(tmp_path):
+    # An interrupted copy or upload: the records before the cut load, the one cut in half is quarantined, and the
+    # report names the file and says it ends early (gzip.GzipFile lost everything a small file held).
+    import gzip
+    import zlib
+
+    lines = []
+    for i in range(3000):
+        rec = json.loads(json.dumps(GOOD_LINES[i % 2]))
+        rec["body"]["new_oauth_token"] += f"{i:06d}"
+        lines.append(json.dumps(rec) + "\n")
+    whole = gzip.compress("".join(lines).encode(), mtime=0)
+    cut = tmp_path / "receiver.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    held = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut.read_bytes())
+    complete = held.count(b"\n")
+    assert 0 < complete < len(lines) and not held.endswith(b"\n")  # the cut falls inside a record
+    db = tmp_path / "x.duckdb"
+    report = json.loads(tokentrail("ingest", cut, "--db", db, "--json", cwd=tmp_path).stdout)
+    entry = report["files"][0]
+    assert cut.name in str(entry["error"]) and "ends early" in str(entry["error"]), entry
+    assert (entry["new_deliveries"], entry["rejected"]) == (complete, 1), entry
+    rows = json.loads(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path).stdout)
+    assert [r["record_no"] for r in rows] == [complete + 1]
+    assert summary(db, tmp_path)["deliveries"] == complete
+    # a file cut inside its header holds nothing: one clear error
+    head = tmp_path / "head.jsonl.gz"
+    head.write_bytes(whole[:5])
+    report = json.loads(tokentrail("ingest", head, "--db", db, "--json", cwd=tmp_path).stdout)
+    assert "ends before any of its data" in str(report["files"][0]["error"]), report
