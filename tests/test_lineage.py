@@ -140,6 +140,16 @@ def test_overlapping_exports_at_other_precisions_add_no_delivery(store, together
     assert times == [f"2026-12-03T10:00:{s:02d}.123456" for s in (0, 10, 20)]  # the first file's
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)], ids=lambda o: "-".join(map(str, o)))
+def test_overlapping_exports_count_the_same_in_any_order(store, order):
+    # Whichever export comes first keeps its times; the counts do not depend on the order.
+    files = _times_of_two_exports()
+    for i in order:
+        load(store, files[i], f"export-{i}.jsonl")
+    s = summary(store)
+    assert (s["deliveries"], s["events"], s["duplicates"]) == (3, 1, 2)
+
+
 def test_reingest_changes_nothing(store, tmp_path):
     path = DATA / "golden" / "basic.jsonl"
     ingest(store, [path])
