@@ -160,11 +160,14 @@ def locate(text: str) -> Located:
             return Located(reason="invalid JSON: a notification is there but cannot be parsed (truncated?)")
         return Located(reason="no Tyk notification found in the record")
     notif, notif_steps, flat_prefix, listed, chain = found
+    if flat_prefix:
+        chain = [*chain, *_flat_levels(chain[-1][0], flat_prefix, notif_steps)]
     time, time_steps, time_in_text = _nearest(chain, _time_candidate)
     if time is None:
         time, time_steps, time_in_text = _nearest(chain, _ingest_time_candidate)
     identity, id_steps, id_in_text = _nearest(chain, _identity_candidate)
-    ids = ((id_steps, id_in_text),) if id_steps else ()
+    # (a user found in the text of a line that is the record itself has an empty path: kept too)
+    ids = ((id_steps, id_in_text),) if identity is not None else ()
     layout = Layout(notif_steps, flat_prefix, time_steps, time_in_text, ids, listed)
     return Located(notification=notif, time=time, identity=identity, layout=layout)
 
@@ -299,12 +302,40 @@ def _as_notification(d: dict):
     return None
 
 
+class _FlatLevel(dict):
+    """The members of a flattened record under one dotted prefix, named without it: `json.received_at` as
+    `received_at` at the level `json.` (a level of the record the platform flattened)."""
+
+    def __init__(self, prefix: str, members: dict):
+        super().__init__(members)
+        self.prefix = prefix
+
+
+def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
+    """The levels between a flattened notification (`json.body.auth_code`) and the row that holds it, outermost
+    first: the receiver's own record (`json.received_at`, `jsonPayload.user_id`; Datadog's attributes `@user_id`
+    beside `@body.auth_code`), which is nearer to the notification than the platform's columns."""
+    segments = flat_prefix.rstrip(".").split(".")
+    prefixes = [".".join(segments[:i]) + "." for i in range(1, len(segments))]
+    if segments[0].startswith("@") and len(segments[0]) > 1:
+        prefixes.insert(0, "@")
+    levels = []
+    for prefix in prefixes:
+        members = {k[len(prefix):]: v for k, v in node.items()
+                   if isinstance(k, str) and k.startswith(prefix) and "." not in k[len(prefix):]}
+        if members:
+            levels.append((_FlatLevel(prefix, members), steps, None))
+    return levels
+
+
 def _nearest(chain: _Chain, candidate):
     """Walk from the notification up to the record's root; the first level with a candidate wins."""
     for node, steps, text_prefix in reversed(chain):
         found = candidate(node)
         if found is not None:
             value, key_steps = found
+            if isinstance(node, _FlatLevel):  # the member's name in the record carries the level's prefix
+                key_steps = (("k", node.prefix + key_steps[0][1]), *key_steps[1:])
             return value, (*steps, *key_steps), False
         if text_prefix:
             in_text = candidate.text(text_prefix) if hasattr(candidate, "text") else None

@@ -1,0 +1,67 @@
+"""Where a record keeps the receiver's own time and user, beside the notification: found without an identity
+mapping, and preferred to the log platform's own columns (DOMAIN.md: the receiver's field wins)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from ingest.pipeline import ingest
+from tests.helpers import body
+
+LOGIN = body("new", "T1", "R1", code="A1")
+REFRESH = body("refresh", "T2", "R2", "R1")
+# the receiver's times, and the platform's (shipped 1.5 s later)
+RECEIVED = ("2026-12-03T09:00:00.123456Z", "2026-12-03T09:40:00.654321Z")
+SHIPPED = ("2026-12-03T09:00:01.623Z", "2026-12-03T09:40:02.154Z")
+
+
+def _text_lines() -> bytes:
+    return (f"{RECEIVED[0]} INFO tyk oauth notification status=200 user_id=alice body={json.dumps(LOGIN)}\n"
+            f"{RECEIVED[1]} INFO tyk oauth notification status=200 body={json.dumps(REFRESH)}\n").encode()
+
+
+def _logfmt() -> bytes:
+    def quoted(b):
+        return json.dumps(json.dumps(b))
+    return (f'time={RECEIVED[0]} level=INFO msg="tyk oauth notification" user_id=alice body={quoted(LOGIN)}\n'
+            f'time={RECEIVED[1]} level=INFO msg="tyk oauth notification" body={quoted(REFRESH)}\n').encode()
+
+
+def _flat_csv(platform_time: str, level: str, extra: dict) -> bytes:
+    """A CSV export of a flattened record: the platform's time column, the receiver's fields under `level`."""
+    out = io.StringIO()
+    fields = [platform_time, *extra, f"{level}received_at", f"{level}user_id",
+              *(f"{level}body.{k}" for k in LOGIN)]
+    w = csv.DictWriter(out, fieldnames=fields)
+    w.writeheader()
+    for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"), (REFRESH, RECEIVED[1], SHIPPED[1], "")):
+        w.writerow({platform_time: shipped, **extra, f"{level}received_at": received, f"{level}user_id": user,
+                    **{f"{level}body.{k}": v for k, v in b.items()}})
+    return out.getvalue().encode()
+
+
+SHAPES = {
+    "text line, user_id=": _text_lines,
+    "logfmt, quoted body": _logfmt,
+    # Filebeat decoding the receiver's JSON under `json`, exported from Kibana Discover as CSV
+    "kibana csv of filebeat json.*": lambda: _flat_csv("@timestamp", "json.", {"host.name": "hook-1"}),
+    # Datadog's CSV: attributes are @-columns beside the platform's Date
+    "datadog csv @attributes": lambda: _flat_csv("Date", "@", {"Host": "hook-1", "Service": "tyk-hook"}),
+    # Google Cloud's flattened jsonPayload beside the entry's timestamp
+    "gcloud csv jsonPayload.*": lambda: _flat_csv("timestamp", "jsonPayload.", {"severity": "INFO"}),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_receivers_own_time_and_user_are_found(store, shape):
+    report = ingest(store, [("export", io.BytesIO(SHAPES[shape]()))])
+    assert report.files[0].rejected == 0, report.files[0]
+    cur = store.cursor()
+    times = [t.isoformat() for (t,) in cur.execute("SELECT first_seen FROM events ORDER BY first_seen").fetchall()]
+    assert times == [t.removesuffix("Z") for t in RECEIVED]
+    chains = cur.execute("SELECT identity, events FROM chains").fetchall()
+    assert chains == [("alice", 2)]  # no identity mapping given: the user on the login's record
