@@ -626,8 +626,36 @@ def columns_of(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
         pass
     for where, names in wanted.items():
         if names:
-            return names, where == frame_fields or rows.rpartition(".")[2] == "columns"
+            by_column = where == frame_fields or rows.rpartition(".")[2] == "columns"
+            if not by_column and rows.rpartition(".")[2] == "values":
+                # Elasticsearch SQL and ES|QL call both layouts `values` (rows by default, columns when asked for
+                # `columnar`): an item holding other than one value per column is a column.
+                by_column = _first_item_length(sample, prefix, len(names)) not in (None, len(names))
+            return names, by_column
     return None, False
+
+
+def _first_item_length(sample: bytes, prefix: str, enough: int) -> int | None:
+    """How many values the first array at `prefix` holds (counting stops past `enough`); None if it is not an
+    array or does not start in the sample."""
+    count, inside = 0, False
+    try:
+        for at, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if not inside:
+                if at == prefix:
+                    if event != "start_array":
+                        return None
+                    inside = True
+                continue
+            if at == prefix and event == "end_array":
+                return count
+            if at == f"{prefix}.item" and event not in ("end_map", "end_array"):
+                count += 1
+                if count > enough:
+                    return count
+    except ijson.JSONError:
+        pass
+    return count if inside else None
 
 
 # A JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`), or the

@@ -267,8 +267,20 @@ def test_columnar_results_are_named_by_their_columns(doc, prefix, names):
         # a Grafana data frame: names in schema.fields, columns in data.values
         (b'[{"schema": {"fields": [{"name": "Time"}, {"name": "Line"}]}, "data": {"values": [[1796288400123], '
          b'["{\\"notification_type\\": \\"new\\"}"]]}}]', "item.data.values.item", ["Time", "Line"], True),
+        # ES|QL and Elasticsearch SQL asked for `columnar`: the same `values`, one array per column
+        (b'{"columns": [{"name": "@timestamp", "type": "date"}, {"name": "message", "type": "text"}], "values": '
+         b'[["2026-12-03T09:00:00Z", "2026-12-03T09:00:01Z", "2026-12-03T09:00:02Z"], ["{\\"notification_type\\": '
+         b'\\"new\\"}", "{\\"notification_type\\": \\"refresh\\"}", "{\\"notification_type\\": \\"new\\"}"]]}',
+         "values.item", ["@timestamp", "message"], True),
+        (b'{"columns": [{"name": "@timestamp", "type": "datetime"}, {"name": "message", "type": "text"}], '
+         b'"values": [["2026-12-03T09:00:00Z"], ["{\\"notification_type\\": \\"new\\"}"]]}',
+         "values.item", ["@timestamp", "message"], True),
+        # ... while rows hold one value per column
+        (b'{"columns": [{"name": "@timestamp"}, {"name": "message"}], "values": [["2026-12-03T09:00:00Z", '
+         b'"{\\"notification_type\\": \\"new\\"}"], ["2026-12-03T09:00:01Z", null], ["2026-12-03T09:00:02Z", '
+         b'"{\\"notification_type\\": \\"refresh\\"}"]]}', "values.item", ["@timestamp", "message"], False),
     ],
-    ids=["esql-rows", "splunk-json-cols", "grafana-frame"],
+    ids=["esql-rows", "splunk-json-cols", "grafana-frame", "esql-columnar", "es-sql-columnar", "esql-3-rows"],
 )
 def test_rows_and_columns_are_told_apart(doc, prefix, names, by_column):
     assert records_prefix(doc) == prefix
