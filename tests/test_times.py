@@ -117,7 +117,7 @@ def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_pat
     assert report.files[0].untimed == 0
     got = sorted(t for (t,) in store.cursor().execute("SELECT first_seen FROM events").fetchall())
     assert got == [datetime(2020, 2, 29, 8), datetime(2023, 12, 31, 23), datetime(2024, 1, 2, 11)]
-    # read again (a year on, or today): the same times, so nothing new
+    # read again: the same times, so nothing new (today's date plays no part, so next year's would not either)
     again = ingest(store, [path])
     assert (again.files[0].new_deliveries, again.files[0].duplicate_deliveries) == (0, 3)
     assert store.cursor().execute("SELECT count(*) FROM deliveries").fetchall() == [(3,)]
