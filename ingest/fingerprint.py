@@ -28,12 +28,8 @@ HEX_DIGITS = 30
 
 
 def from_text_sql(expr: str) -> str:
-    """SQL: a text form (30 hex digits or fewer) back to the stored integer; NULL when it is not one. In two
-    halves: DuckDB before 2.0 casts hexadecimal text to 64-bit integers but not to 128-bit ones."""
-    padded = f"lpad({expr}, {HEX_DIGITS}, '0')"
-    return (f"CASE WHEN strlen({expr}) BETWEEN 1 AND {HEX_DIGITS} THEN "
-            f"(try_cast('0x' || left({padded}, 15) AS UBIGINT)::UHUGEINT << 60) "
-            f"+ try_cast('0x' || right({padded}, 15) AS UBIGINT) END")
+    """SQL: a text form (30 hex digits or fewer) back to the stored integer; NULL when it is not one."""
+    return f"CASE WHEN strlen({expr}) BETWEEN 1 AND {HEX_DIGITS} THEN try_cast('0x' || {expr} AS UHUGEINT) END"
 
 
 def text_sql(column: str) -> str:

@@ -181,7 +181,7 @@ def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Sou
         sample = _read_up_to(stream, SAMPLE_BYTES)
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise NotALogExport(f"{name}: cannot decompress ({compression}): {e}") from e
-    if not sample and isinstance(getattr(stream, "raw", None), _Gunzip) and stream.raw.cut_short:
+    if not sample and _cut_short(stream):
         raise NotALogExport(f"{name}: the gzip file ends before any of its data (cut off in a copy or an upload?)")
     if sample[257:262] == b"ustar":  # a tar archive (`tar czf logs.tar.gz /var/log/hook/`), maybe compressed
         yield from _tar_sources(name, compression, _Rewound(sample, stream))
@@ -200,8 +200,7 @@ def _then_whole(name: str, batches: Iterator[pa.Table], stream: BinaryIO) -> Ite
     """The batches, and then an error if the compressed file was cut short: what it held before the cut has
     loaded by then (the cut record itself is quarantined as truncated)."""
     yield from batches
-    gunzip = getattr(stream, "raw", None)
-    if isinstance(gunzip, _Gunzip) and gunzip.cut_short:
+    if _cut_short(stream):
         raise ReadError(f"{name}: the gzip file ends early (cut off in a copy or an upload?); the records before the "
                         "cut were read")
 
@@ -612,9 +611,12 @@ def columns_of(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
     wanted = {f"{parent}.{k}" if parent else k: [] for k in _COLUMN_KEYS if k != rows.rpartition(".")[2]}
     if rows.endswith("data.values"):
         wanted[frame_fields] = []
+    events = ijson.parse(io.BytesIO(sample), multiple_values=True)
+    first = None  # the event that opens the first row
     try:
-        for at, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
+        for at, event, value in events:
             if at == prefix:  # the first row: the names come before the rows in every API above
+                first = event
                 break
             if event != "string":
                 continue
@@ -627,26 +629,21 @@ def columns_of(sample: bytes, prefix: str) -> tuple[list[str] | None, bool]:
     for where, names in wanted.items():
         if names:
             by_column = where == frame_fields or rows.rpartition(".")[2] == "columns"
-            if not by_column and rows.rpartition(".")[2] == "values":
+            if not by_column and rows.rpartition(".")[2] == "values" and first == "start_array":
                 # Elasticsearch SQL and ES|QL call both layouts `values` (rows by default, columns when asked for
-                # `columnar`): an item holding other than one value per column is a column.
-                by_column = _first_item_length(sample, prefix, len(names)) not in (None, len(names))
+                # `columnar`): a first item that does not hold one value per column is a column.
+                by_column = _item_length(events, prefix, len(names)) != len(names)
             return names, by_column
     return None, False
 
 
-def _first_item_length(sample: bytes, prefix: str, enough: int) -> int | None:
-    """How many values the first array at `prefix` holds (counting stops past `enough`); None if it is not an
-    array or does not start in the sample."""
-    count, inside = 0, False
+def _item_length(events, prefix: str, enough: int) -> int:
+    """How many values the array at `prefix` that `events` (ijson events, just past its start) are inside holds;
+    counting stops past `enough`. An array the sample cuts off before that counts as `enough` (not known to be
+    other than a row)."""
+    count = 0
     try:
-        for at, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
-            if not inside:
-                if at == prefix:
-                    if event != "start_array":
-                        return None
-                    inside = True
-                continue
+        for at, event, _ in events:
             if at == prefix and event == "end_array":
                 return count
             if at == f"{prefix}.item" and event not in ("end_map", "end_array"):
@@ -655,7 +652,7 @@ def _first_item_length(sample: bytes, prefix: str, enough: int) -> int | None:
                     return count
     except ijson.JSONError:
         pass
-    return count if inside else None
+    return enough
 
 
 # A JSON array of records (`gcloud logging read --format=json`, Grafana's JSON download, `jq -s`), or the
@@ -1047,6 +1044,12 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
 
 
 # -- stream plumbing -----------------------------------------------------------------------------------------
+
+
+def _cut_short(stream: BinaryIO) -> bool:
+    """Whether `stream` is a gzip file that ended before its end-of-stream marker (see _Gunzip)."""
+    gunzip = getattr(stream, "raw", None)
+    return isinstance(gunzip, _Gunzip) and gunzip.cut_short
 
 
 class _Gunzip(io.RawIOBase):
