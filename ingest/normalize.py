@@ -66,9 +66,21 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
 -- ISO 8601 first (the common case, and cheap); the slower patterns only for what it cannot read.
 CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
     coalesce(try_cast(s AS TIMESTAMPTZ)::TIMESTAMP, tt_time_other(s));
+-- A time written with its zone (Z, +01:00, -0500, UTC, GMT, Go's `+0100 CET`, an IANA name) or as an epoch number
+-- says which instant it is.
+CREATE OR REPLACE TEMP MACRO tt_has_zone(s) AS
+    regexp_matches(s, '(?i)([0-9]z|utc|gmt|[+-][0-9]{2}(:?[0-9]{2})?( [a-z]+)?|[a-z]+/[a-z_]+)$')
+    OR regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?');
+-- Times without a zone are UTC, unless the ingest was told the zone the export wrote them in (`tt_tz`, from
+-- --timezone: Kibana's and Splunk's CSVs, for one, write the browser's local time and no zone). Without it this
+-- is one test per batch of rows.
+CREATE OR REPLACE TEMP MACRO tt_zoned(t, s) AS
+    CASE WHEN getvariable('tt_tz') IS NULL OR t IS NULL OR tt_has_zone(s) THEN t
+         ELSE timezone('UTC', timezone(getvariable('tt_tz')::VARCHAR, t)) END;
 -- A value outside 1990-2200 is not a time of a notification (a counter, a status code...).
 CREATE OR REPLACE TEMP MACRO tt_time(s) AS
-    list_filter([tt_time_any(tt_value(s))], lambda t: t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01')[1];
+    list_filter([tt_zoned(tt_time_any(tt_value(s)), tt_value(s))],
+                lambda t: t BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-01-01')[1];
 -- Token-like runs of 16+ characters are masked too. Two of Tyk's own field names are that long: they are kept
 -- readable (a person reading "missing token field old_refresh_token" needs to see which key is which), by
 -- breaking them with \x01 around the second pass and taking it out again.
@@ -146,13 +158,17 @@ WITH x AS NOT MATERIALIZED (
            tt_event_id(notification_type, auth_code_fp, access_token_fp, refresh_token_fp, old_refresh_token_fp)
                AS event_id,
            -- a time that is there but unreadable: the record still counts, as untimed, and is reported
-           reason IS NULL AND time_raw IS NOT NULL AND received_at IS NULL AS bad_time
+           reason IS NULL AND time_raw IS NOT NULL AND received_at IS NULL AS bad_time,
+           -- a time read without a zone (as UTC, or in --timezone): the report says how many, and which zone
+           CASE WHEN received_at IS NULL OR ends_with(time_raw, 'Z') THEN false
+                ELSE NOT tt_has_zone(tt_value(time_raw)) END AS zoneless
     FROM d
 )
 -- a delivery is a payload at a time: re-reading a record, or an overlapping export, gives the same id
-SELECT * EXCLUDE (bad_time),
+SELECT * EXCLUDE (bad_time, zoneless),
        tt_delivery_id(event_id, received_at) AS delivery_id, bad_time,
-       NULL::INTEGER AS upstream_status  -- set by the live receiver in relay mode
+       NULL::INTEGER AS upstream_status,  -- set by the live receiver in relay mode
+       zoneless
 FROM e
 """
 
@@ -160,7 +176,7 @@ STAGE_COLUMNS = (
     "source_id INTEGER, record_no BIGINT, reason VARCHAR, excerpt VARCHAR, quarantine_id UHUGEINT, "
     "notification_type VARCHAR, auth_code_fp UHUGEINT, access_token_fp UHUGEINT, refresh_token_fp UHUGEINT, "
     "old_refresh_token_fp UHUGEINT, received_at TIMESTAMP, identity VARCHAR, event_id UHUGEINT, delivery_id UHUGEINT, "
-    "bad_time BOOLEAN, upstream_status INTEGER"
+    "bad_time BOOLEAN, upstream_status INTEGER, zoneless BOOLEAN"
 )
 
 

@@ -66,6 +66,7 @@ class FileReport:
     rejected: int = 0
     untimed: int = 0
     unreadable_times: int = 0
+    zoneless_times: int = 0  # read as UTC, or in the zone the ingest was given
     error: str | None = None
 
 
@@ -85,6 +86,7 @@ class IngestReport:
     identities: IdentityReport | None
     seconds: float
     phases: dict[str, float]
+    timezone: str = "UTC"  # the zone times without one were read in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,8 +101,10 @@ def ingest(
     access_ttl_s: int | None = None,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     incremental: bool = False,
+    timezone: str | None = None,
 ) -> IngestReport:
-    """Load `inputs` in one transaction. `before_commit(cur)` runs last inside it (the live follower moves its
+    """Load `inputs` in one transaction. Times the exports wrote without a zone are read in `timezone` (an IANA
+    name, checked with `check_timezone`; default UTC). `before_commit(cur)` runs last inside it (the live follower moves its
     spool cursor there, so the cursor and the data it covers commit together). `incremental` recomputes only
     the chains the new events can affect (`lineage.update`) instead of all of them; an identity mapping
     always rebuilds everything, since it relabels chains that no new event touches."""
@@ -112,8 +116,13 @@ def ingest(
     reports: list[FileReport] = []
     sources: list[tuple[int, str, FileReport]] = []
     recorded: set[int] = set()  # sources of deliveries a receiver recorded one by one (no re-reads in them)
+    zone = check_timezone(timezone)
     with store.transaction() as cur:
         install_macros(cur)
+        if zone == "UTC":
+            cur.execute("RESET VARIABLE tt_tz")
+        else:
+            cur.execute("SET VARIABLE tt_tz = ?", [zone])
         run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_files").fetchall()[0][0]
         cur.execute(f"CREATE OR REPLACE TEMP TABLE stage ({STAGE_COLUMNS})")
         t0 = time.perf_counter()
@@ -161,6 +170,7 @@ def ingest(
                     fileobj.close()
             done_before += size
         cur.execute("RESET VARIABLE tt_time_ref")
+        cur.execute("RESET VARIABLE tt_tz")
         phases["read+stage"] = time.perf_counter() - t0
 
         id_report = _stage_identities(cur, store.key, identities) if identities is not None else None
@@ -196,7 +206,31 @@ def ingest(
                 )
         if before_commit:
             before_commit(cur)
-    return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases)
+    return IngestReport(run_id, reports, id_report, time.perf_counter() - started, phases, zone)
+
+
+def timezones() -> list[str]:
+    """The IANA region/city zone names times can be read in, UTC first (for a picker; `check_timezone` takes more)."""
+    with duckdb.connect() as con:
+        names = con.execute(
+            "SELECT name FROM pg_timezone_names() WHERE regexp_full_match(name, '(Africa|America|Antarctica|Asia|"
+            "Atlantic|Australia|Europe|Indian|Pacific)/[A-Za-z_/-]+') ORDER BY name"
+        ).fetchall()
+    return ["UTC", *(n for (n,) in names)]
+
+
+def check_timezone(name: str | None) -> str:
+    """The zone's IANA name as DuckDB spells it (case does not matter); ValueError for an unknown zone."""
+    if name is None or name.strip().upper() in ("", "UTC", "Z", "GMT", "ETC/UTC"):
+        return "UTC"
+    with duckdb.connect() as con:
+        row = con.execute(
+            "SELECT name FROM pg_timezone_names() WHERE lower(name) = lower(?) ORDER BY name = ? DESC LIMIT 1",
+            [name.strip(), name.strip()],
+        ).fetchall()
+    if not row:
+        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as Europe/Berlin or America/New_York")
+    return row[0][0]
 
 
 def _ttl_changed(store: Store, ttl: int) -> bool:
@@ -255,10 +289,10 @@ def _stage_batches(cur, source_id: int, batches, report: FileReport, on_batch, p
 def _count_staged(cur, source_id: int, report: FileReport) -> None:
     row = cur.execute(
         "SELECT count(*) FILTER (reason IS NOT NULL), count(*) FILTER (reason IS NULL AND received_at IS NULL), "
-        "count(*) FILTER (bad_time) FROM stage WHERE source_id = ?",
+        "count(*) FILTER (bad_time), count(*) FILTER (zoneless) FROM stage WHERE source_id = ?",
         [source_id],
     ).fetchall()[0]
-    report.rejected, report.untimed, report.unreadable_times = row
+    report.rejected, report.untimed, report.unreadable_times, report.zoneless_times = row
 
 
 def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:

@@ -19,7 +19,7 @@ from dashboard.components import (
     table,
 )
 from dashboard.context import get_store, invalidate, query
-from ingest.pipeline import IngestReport, ingest
+from ingest.pipeline import IngestReport, ingest, timezones
 from ingest.store import StoreError
 from queries.overview import ingest_history, store_counts
 from queries.summary import quarantine
@@ -62,9 +62,16 @@ def render() -> None:
             help="A CSV with a header row: an auth-code column (auth_code or code) and a user column "
             "(user_id, user, sub, identity, username or alias). It names the users of the chains.",
         )
+        zone = st.selectbox(
+            "Times without a zone are in",
+            _zones(),
+            key="upload_timezone",
+            help="Some exports write local times with no zone (Kibana's and Splunk's CSVs use the browser's zone). "
+            "Times with a zone or an offset, and epoch numbers, are read exactly whatever this says.",
+        )
     go = st.button("Ingest", type="primary", icon=":material/input:", disabled=not (logs or ids))
     if go:
-        _ingest(logs or [], ids)
+        _ingest(logs or [], ids, zone)
 
     report = st.session_state.get(_REPORT)
     if report is not None:
@@ -106,7 +113,12 @@ def _store_figures(counts: dict) -> None:
     cols[4].metric("Mapped auth codes", fmt_int(counts["mapped_auth_codes"]))
 
 
-def _ingest(logs: list, ids) -> None:
+@st.cache_data(show_spinner=False)
+def _zones() -> list[str]:
+    return timezones()
+
+
+def _ingest(logs: list, ids, zone: str = "UTC") -> None:
     bar = st.progress(0.0, text="Starting...")
     last = [-1.0]
 
@@ -122,6 +134,7 @@ def _ingest(logs: list, ids) -> None:
             [(f.name, f) for f in logs],
             identities=(ids.name, ids) if ids is not None else None,
             progress=progress,
+            timezone=zone,
         )
     except StoreError as e:
         bar.empty()
@@ -166,6 +179,15 @@ def _show_report(report: IngestReport) -> None:
                 f"{f.path}: {fmt_int(f.unreadable_times)} records had a time that could not be read; "
                 "they count as untimed."
             )
+        if f.zoneless_times:
+            read_as = (
+                "were read as UTC. If the export wrote local times, load it into a fresh database with the zone "
+                "picked above."
+                if report.timezone == "UTC"
+                else f"were read as {report.timezone}."
+            )
+            st.info(f"{f.path}: {fmt_int(f.zoneless_times)} times were written without a zone and {read_as}",
+                    icon=":material/schedule:")
     if report.identities is not None:
         r = report.identities
         if r.error:

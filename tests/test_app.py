@@ -336,6 +336,23 @@ def test_upload_ingests_files_and_every_page_sees_them(app, demo, empty_db):
     assert int(tiles(at)["Refreshes"].value.replace(",", "")) > 0
 
 
+def test_upload_reads_times_without_a_zone_in_the_zone_picked(app, empty_db):
+    kibana = DATA / "exports" / "kibana_discover.csv"  # the browser's local time, no zone
+    at = open_page(app(empty_db), "upload")
+    zone = next(s for s in at.selectbox if s.label == "Times without a zone are in")
+    assert zone.value == "UTC"
+    zone.set_value("Asia/Tokyo")
+    at.file_uploader[0].set_value([("discover.csv", kibana.read_bytes(), "text/csv")])
+    at.run()
+    _ingest_button(at).click().run()
+    assert_clean(at)
+    assert any("6 times were written without a zone and were read as Asia/Tokyo" in i.value for i in at.info)
+    from dashboard.context import get_store  # the app's own connection: the file admits one configuration
+
+    first = get_store().cursor().execute("SELECT min(first_seen) FROM events").fetchall()[0][0]
+    assert first == datetime(2026, 12, 3, 0, 0, 0, 123000)  # 09:00:00.123 in Tokyo is midnight UTC
+
+
 def test_upload_names_a_file_that_is_not_a_log_export(app, empty_db):
     at = open_page(app(empty_db), "upload")
     at.file_uploader[0].set_value(

@@ -175,6 +175,28 @@ def test_all_exports_together_tell_one_story(tmp_path):
     assert same_time(got.get("first_seen"), "2026-12-03T09:00:00.123Z"), got
 
 
+def test_a_csv_in_browser_time_is_read_in_the_zone_given(tmp_path):
+    # Kibana's CSV writes the browser's local time with no zone. Read as UTC by default, and the report says so;
+    # --timezone reads it in the zone the browser was in (Tokyo: UTC+9, no summer time).
+    kibana = EXPORTS / "kibana_discover.csv"
+    utc_db, tokyo_db = tmp_path / "utc.duckdb", tmp_path / "tokyo.duckdb"
+    plain = ok(tokentrail("ingest", kibana, "--db", utc_db, cwd=tmp_path))
+    assert "6 times were written without a zone and were read as UTC" in plain.stderr
+    assert "--timezone" in plain.stderr
+    tokyo = ok(tokentrail("ingest", kibana, "--db", tokyo_db, "--timezone", "asia/tokyo", "--json", cwd=tmp_path))
+    report = json.loads(tokyo.stdout)
+    assert report["timezone"] == "Asia/Tokyo"
+    assert report["files"][0]["zoneless_times"] == 6
+    assert same_time(summary(utc_db, tmp_path)["first_seen"], "2026-12-03T09:00:00.123Z")
+    assert same_time(summary(tokyo_db, tmp_path)["first_seen"], "2026-12-03T00:00:00.123Z")
+
+    bad_db = tmp_path / "bad.duckdb"
+    bad = tokentrail("ingest", kibana, "--db", bad_db, "--timezone", "Mars/Olympus", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "unknown time zone 'Mars/Olympus'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not bad_db.exists()
+
+
 # -- XML: Splunk's results are read; any other XML is refused by name ------------------------------------------
 
 SPLUNK_XML = EXPORTS / "splunk_web_export.xml"

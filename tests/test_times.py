@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ingest.pipeline import ingest
-from tests.helpers import body, load
+from tests.helpers import body, jsonl, load
 
 # (what the record holds, the UTC time it means)
 TIMES = [
@@ -121,3 +121,43 @@ def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_pat
     again = ingest(store, [path])
     assert (again.files[0].new_deliveries, again.files[0].duplicate_deliveries) == (0, 3)
     assert store.cursor().execute("SELECT count(*) FROM deliveries").fetchall() == [(3,)]
+
+
+# -- times written without a zone, read in the zone the ingest is given (--timezone) -------------------------
+
+# The TIMES above that carry no zone: Kibana's and Splunk's CSVs, Python logging, US display forms. Only these
+# move; a time with a zone, an offset or a zone name, and an epoch number, is one instant whatever the option.
+ZONELESS = {"2026-12-03 09:00:00.123456", "2026-12-03 09:00:00,123", "Dec 3, 2026 @ 09:00:00.123",
+            "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM"}
+
+
+@pytest.mark.parametrize(("text", "utc"), TIMES, ids=[t for t, _ in TIMES])
+def test_times_without_a_zone_are_read_in_the_given_zone(store, text, utc):
+    report = ingest(store, [("export.jsonl", io.BytesIO(jsonl([{"time": text, "body": body("new", "T1", "R1", code="A1")}])))],
+                    timezone="Europe/Berlin")
+    got = store.cursor().execute("SELECT first_seen FROM events").fetchall()[0][0]
+    want = datetime.fromisoformat(utc) - (timedelta(hours=1) if text in ZONELESS else timedelta(0))  # CET: UTC+1
+    assert got == want
+    assert report.timezone == "Europe/Berlin"
+    assert report.files[0].zoneless_times == (1 if text in ZONELESS else 0)
+
+
+def test_the_zone_follows_summer_time_and_utc_stays_the_default(store):
+    records = [{"time": "2026-07-01 12:00:00", "body": body("new", "S1", "SR1", code="SA1")},
+               {"time": "2026-12-01 12:00:00", "body": body("new", "W1", "WR1", code="WA1")}]
+    report = ingest(store, [("a.jsonl", io.BytesIO(jsonl(records)))], timezone="america/new_york")  # any case
+    assert report.timezone == "America/New_York"
+    got = sorted(t for (t,) in store.cursor().execute("SELECT first_seen FROM events").fetchall())
+    assert got == [datetime(2026, 7, 1, 16), datetime(2026, 12, 1, 17)]  # EDT is UTC-4, EST UTC-5
+
+    other = [{"time": "2026-12-02 12:00:00", "body": body("new", "U1", "UR1", code="UA1")}]
+    report = ingest(store, [("b.jsonl", io.BytesIO(jsonl(other)))])
+    assert (report.timezone, report.files[0].zoneless_times) == ("UTC", 1)
+    assert store.cursor().execute("SELECT first_seen FROM events WHERE first_seen::DATE = '2026-12-02'").fetchall() \
+        == [(datetime(2026, 12, 2, 12),)]
+
+
+def test_an_unknown_zone_is_refused_before_anything_is_read(store):
+    with pytest.raises(ValueError, match="Mars/Olympus"):
+        ingest(store, [("a.jsonl", io.BytesIO(b"not read"))], timezone="Mars/Olympus")
+    assert store.cursor().execute("SELECT count(*) FROM ingest_files").fetchall() == [(0,)]

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     db_arg(p)
     p.add_argument("--identities", type=Path, metavar="CSVFILE", help="identity mapping: CSV with auth_code,user_id columns")
     p.add_argument("--access-ttl", type=int, metavar="SECONDS", help="access-token lifetime (default 3600, Tyk's oauth_token_expire)")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="zone of times the export wrote without one, e.g. Europe/Berlin (default UTC; times with a "
+                        "zone or an offset, and epoch numbers, are exact whatever this says)")
     p.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
     p = sub.add_parser("summary", help="counts: deliveries, events, chains, orphans, forks...")
@@ -170,12 +173,18 @@ def _open_store(db: Path, *, must_exist: bool = False, read_only: bool = False):
 
 
 def cmd_ingest(args, db: Path) -> int:
-    from ingest.pipeline import ingest
+    from ingest.pipeline import check_timezone, ingest
 
+    try:
+        zone = check_timezone(args.timezone)
+    except ValueError as e:
+        print(f"error: --timezone: {e}", file=sys.stderr)
+        return 2
     store = _open_store(db, read_only=False)
     bar = _Progress()
     try:
-        report = ingest(store, args.paths, identities=args.identities, progress=bar, access_ttl_s=args.access_ttl)
+        report = ingest(store, args.paths, identities=args.identities, progress=bar, access_ttl_s=args.access_ttl,
+                        timezone=zone)
     finally:
         bar.close()
         store.close()
@@ -193,6 +202,12 @@ def cmd_ingest(args, db: Path) -> int:
         if f.unreadable_times:
             print(f"note: {f.path}: {f.unreadable_times} records had a time that could not be read; "
                   "they count as untimed", file=sys.stderr)
+        if f.zoneless_times and zone == "UTC":
+            print(f"note: {f.path}: {f.zoneless_times} times were written without a zone and were read as UTC; "
+                  "if the export wrote local times, load it again into a fresh database with --timezone ZONE",
+                  file=sys.stderr)
+        elif f.zoneless_times:
+            print(f"note: {f.path}: {f.zoneless_times} times without a zone were read as {zone}", file=sys.stderr)
         if f.rejected:
             print(f"note: {f.path}: {f.rejected} records rejected; see: tokentrail quarantine --db {db}", file=sys.stderr)
     if report.identities:
