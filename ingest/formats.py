@@ -139,7 +139,7 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
             member_name = f"{name}!{member.filename}"
             with archive.open(member) as f:
                 try:
-                    yield from _text_sources(member_name, "zip", _Seekless(f))
+                    yield from _text_sources(member_name, "zip", _Seekless(f), member=True)
                 except NotALogExport:
                     if len(members) == 1:
                         raise
@@ -175,7 +175,15 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Source]:
+# Every notification names at least one of these fields, in any shape (JSON keys, flattened CSV headers, logfmt).
+_NOTIFICATION_NAMES = re.compile(rb"notification_type|new_oauth_token|refresh_token|auth_code", re.IGNORECASE)
+
+
+def _text_sources(name: str, compression: str, stream: BinaryIO, member: bool = False) -> Iterator[Source]:
+    """The source in a (decompressed) stream. `member`: a member of a zip or tar archive, where a README or a
+    manifest may lie beside the logs: one that holds no notification field name at all (and fits in the sample,
+    so all of it was looked at) is not a log export, and its archive skips it instead of quarantining its lines.
+    A file of its own is read whatever it holds: every line that is not a notification is quarantined."""
     decompressed = stream
     try:
         sample = _read_up_to(stream, SAMPLE_BYTES)
@@ -193,6 +201,8 @@ def _text_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Sou
         sample = _read_up_to(stream, SAMPLE_BYTES)
         prefix += "utf-16/"
     fmt = sniff(name, sample)
+    if member and len(sample) < SAMPLE_BYTES and not _NOTIFICATION_NAMES.search(sample):
+        raise NotALogExport(f"{name}: not a log export: no Tyk notification in it (a README or a manifest?)")
     yield Source(name, prefix + fmt, _then_whole(name, _READERS[fmt](name, _Rewound(sample, stream)), decompressed))
 
 
@@ -238,9 +248,9 @@ def _member_sources(name: str, label: str, content: BinaryIO) -> Iterator[Source
     compression = _compression(head)
     if compression:
         inner, decompress = compression
-        yield from _text_sources(name, f"{label}/{inner}", decompress(stream))
+        yield from _text_sources(name, f"{label}/{inner}", decompress(stream), member=True)
     else:
-        yield from _text_sources(name, label, stream)
+        yield from _text_sources(name, label, stream, member=True)
 
 
 def _utf16(sample: bytes) -> str | None:
@@ -288,13 +298,16 @@ def sniff(name: str, sample: bytes) -> str:
         complete = [ln.strip() for ln in lines[:3]] if len(probe) < 65536 or len(lines) > 3 else []
         if len(complete) >= 2 and _is_json(complete[0]) and _is_json(complete[1]):
             return "jsonl"
+        one_line_answer = len(lines) == 1 and stripped[0] == "{" and len(lines[0]) > 2048  # not a lone record
+        if (len(lines) == 1 and stripped[0] == "{" and len(probe) < 65536 and not one_line_answer
+                and not _is_json(lines[0].strip())):
+            return "jsonl"  # the whole file is one record, broken (cut off, hand-edited): it is quarantined
         if _json_prefix_ok(sample):
             if stripped[0] == "[":
                 return "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
             return "json-array"
-        one_line_answer = len(lines) == 1 and stripped[0] == "{" and len(lines[0]) > 2048  # not a lone record
         if lines and (lines[0].strip() in ("{", "[") or one_line_answer):
             # A document that breaks somewhere in the sample, pretty-printed (as every CLI writes one) or on one
             # line (as `curl` saves an API's answer): read as a document, its records up to the break load (or

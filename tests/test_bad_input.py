@@ -180,3 +180,20 @@ def test_a_gzip_file_cut_short_loads_what_it_holds_and_says_where_it_ends(tmp_pa
     head.write_bytes(whole[:5])
     report = json.loads(tokentrail("ingest", head, "--db", db, "--json", cwd=tmp_path).stdout)
     assert "ends before any of its data" in str(report["files"][0]["error"]), report
+
+
+@pytest.mark.parametrize("ending", ["\n", ""], ids=["newline", "no-newline"])
+def test_a_file_that_is_one_cut_off_record_quarantines_it(ending, tmp_path):
+    # One record, cut off (a copy interrupted after the first line): read as a JSON document it was an error
+    # with nothing kept; it is one record, quarantined by its line like any other.
+    line = json.dumps(GOOD_LINES[0])
+    cut = line[: line.index('"refresh_token"') + 30]
+    path = tmp_path / "hook.log"
+    path.write_text(cut + ending, encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path).stdout)
+    assert report["files"][0]["error"] is None, report
+    rows = json.loads(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path).stdout)
+    assert [(r["record_no"], "invalid json" in r["reason"].lower()) for r in rows] == [(1, True)], rows
+    for field in ("auth_code", "new_oauth_token", "refresh_token"):
+        assert GOOD_LINES[0]["body"][field][:16] not in rows[0]["excerpt"], rows[0]["excerpt"]

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +182,7 @@ def test_a_csv_in_browser_time_is_read_in_the_zone_given(tmp_path):
     kibana = EXPORTS / "kibana_discover.csv"
     utc_db, tokyo_db = tmp_path / "utc.duckdb", tmp_path / "tokyo.duckdb"
     plain = ok(tokentrail("ingest", kibana, "--db", utc_db, cwd=tmp_path))
-    assert "6 times were written without a zone and were read as UTC" in plain.stderr
+    assert "6 times without a zone were read as UTC" in plain.stderr
     assert "--timezone" in plain.stderr
     tokyo = ok(tokentrail("ingest", kibana, "--db", tokyo_db, "--timezone", "asia/tokyo", "--json", cwd=tmp_path))
     report = json.loads(tokyo.stdout)
@@ -353,6 +354,54 @@ def test_a_tar_gz_of_a_log_directory_loads_every_log_and_skips_the_rest(tmp_path
     assert by_member["tyk-hook/hook.log"]["format"] == "tar.gz/jsonl", report
     assert by_member["tyk-hook/hook.log.1.gz"]["records"] == 3 and by_member["tyk-hook/hook.log"]["records"] == len(lines) - 3
     assert _story_of(db, tmp_path) == STORY_OF_SIX
+
+
+README = b"Receiver logs of tyk-hook, exported 2026-12-04 by ops.\n\nQuestions: ops@example.com\n"
+MANIFEST = b'{"exported_by": "ops", "files": ["hook.log"], "range": ["2026-12-03", "2026-12-04"]}\n'
+
+
+@pytest.mark.parametrize("packing", ["zip", "tar.gz"])
+def test_a_readme_or_manifest_beside_the_logs_is_skipped_not_quarantined(packing, tmp_path):
+    # Text with no Tyk field name anywhere in it cannot hold a notification: in an archive it is a member beside
+    # the logs, skipped. A member that does name the fields but breaks is still a log: its bad line is quarantined.
+    log = (EXPORTS / "receiver_plain.jsonl").read_bytes()
+    broken = b'{"received_at": "2026-12-03T09:00:00Z", "body": {"notification_type": "new", "auth_code": \n'
+    members = {"README.txt": README, "manifest.json": MANIFEST, "hook.log": log, "hook-broken.log": broken}
+    packed = tmp_path / f"logs.{packing}"
+    if packing == "zip":
+        with zipfile.ZipFile(packed, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+    else:
+        with tarfile.open(packed, "w:gz") as archive:
+            for name, data in members.items():
+                _add(archive, name, data)
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", packed, "--db", db, "--json", cwd=tmp_path)).stdout)
+    by_member = {f["path"].rpartition("!")[2]: f for f in report["files"]}
+    assert by_member["README.txt"]["format"] == by_member["manifest.json"]["format"] == "skipped", report
+    assert (by_member["README.txt"]["rejected"], by_member["manifest.json"]["rejected"]) == (0, 0)
+    assert by_member["hook-broken.log"]["rejected"] == 1, report
+    assert _story_of(db, tmp_path) == {**STORY_OF_SIX, "rejected": 1}
+
+
+def test_a_readme_on_its_own_is_still_read_line_by_line(tmp_path):
+    # Outside an archive a file is what the user asked to load: every line that is not a notification is kept
+    # in the quarantine with its line number, as any bad record is.
+    readme = tmp_path / "README.txt"
+    readme.write_bytes(README)
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", readme, "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert report["files"][0]["records"] == report["files"][0]["rejected"] == 3, report  # the blank line too
+
+
+def test_a_zip_holding_only_a_readme_is_one_clear_error(tmp_path):
+    packed = tmp_path / "logs.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("README.txt", README)
+    db = tmp_path / "x.duckdb"
+    proc = ok(tokentrail("ingest", packed, "--db", db, cwd=tmp_path))
+    assert "logs.zip!README.txt: not a log export: no Tyk notification in it" in proc.stderr
 
 
 def test_a_tar_without_a_log_is_one_clear_error(tmp_path):

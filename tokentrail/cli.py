@@ -200,16 +200,16 @@ def cmd_ingest(args, db: Path) -> int:
         if f.error:
             print(f"error: {f.error}", file=sys.stderr)
         if f.unreadable_times:
-            print(f"note: {f.path}: {f.unreadable_times} records had a time that could not be read; "
+            print(f"note: {f.path}: {_plural(f.unreadable_times, 'record')} had a time that could not be read; "
                   "they count as untimed", file=sys.stderr)
         if f.zoneless_times and zone == "UTC":
-            print(f"note: {f.path}: {f.zoneless_times} times were written without a zone and were read as UTC; "
+            print(f"note: {f.path}: {_plural(f.zoneless_times, 'time')} without a zone {'was' if f.zoneless_times == 1 else 'were'} read as UTC; "
                   "if the export wrote local times, load it again into a fresh database with --timezone ZONE",
                   file=sys.stderr)
         elif f.zoneless_times:
-            print(f"note: {f.path}: {f.zoneless_times} times without a zone were read as {zone}", file=sys.stderr)
+            print(f"note: {f.path}: {_plural(f.zoneless_times, 'time')} without a zone {'was' if f.zoneless_times == 1 else 'were'} read as {zone}", file=sys.stderr)
         if f.rejected:
-            print(f"note: {f.path}: {f.rejected} records rejected; see: tokentrail quarantine --db {db}", file=sys.stderr)
+            print(f"note: {f.path}: {_plural(f.rejected, 'record')} rejected; see: tokentrail quarantine --db {db}", file=sys.stderr)
     if report.identities:
         r = report.identities
         if r.error:
@@ -455,6 +455,10 @@ class _Progress:
     def close(self) -> None:
         if self.shown:
             sys.stderr.write("\n")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _table(header: list[str], rows: list[list]) -> None:
