@@ -578,18 +578,31 @@ def records_prefix(sample: bytes) -> str:
     containers: set[str] = set()
     pair_maps: set[str] = set()  # objects with a "field" key: {"field": "@message", "value": "..."} pairs
     first_array_item: str | None = None
+    named: tuple[str, str] | None = None  # a column list naming a Tyk field: (the list, where its rows are)
     try:
         for prefix, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
             if event in ("start_map", "start_array"):
                 containers.add(prefix)
-                if first_array_item is None and prefix.endswith("item") and prefix.split(".")[-1] == "item":
-                    first_array_item = prefix
+                if prefix.endswith("item") and prefix.split(".")[-1] == "item":
+                    if first_array_item is None:
+                        first_array_item = prefix
+                    if named and prefix.startswith(named[1]) and not prefix.startswith(named[0] + "."):
+                        return prefix  # the first rows after columns named like Tyk's fields
             hit = None
-            if event == "map_key" and value in NOTIFICATION_MARKERS:
+            if event == "map_key" and value.endswith(NOTIFICATION_MARKERS):  # also flattened: body.auth_code
                 hit = prefix.split(".") if prefix else []
             elif event == "map_key" and value == "field":
                 pair_maps.add(prefix)
             elif event == "string" and any(m in value for m in NOTIFICATION_MARKERS):
+                column = _column_list(prefix)
+                if column is not None:
+                    # a column's name (`body.notification_type` in ES SQL's `columns`, Splunk's `fields`): the
+                    # records are the rows that follow, beside the list (Grafana: `data.values` beside `schema`)
+                    if named is None:
+                        beside = column.rpartition(".")[0]
+                        beside = beside.removesuffix("schema").rstrip(".")
+                        named = (column, beside + "." if beside else "")
+                    continue
                 hit = prefix.split(".")[:-1] if prefix else []
                 if hit[-2:] == ["item", "item"] and prefix.endswith(".value") and ".".join(hit) in pair_maps:
                     hit = hit[:-1]  # a {"field", "value"} pair: the record is the row of pairs
@@ -602,6 +615,17 @@ def records_prefix(sample: bytes) -> str:
     except ijson.JSONError:
         pass
     return first_array_item or ""
+
+
+def _column_list(at: str) -> str | None:
+    """The column list a string at ijson prefix `at` names a column of (`columns.item.name` -> `columns`,
+    `fields.item` -> `fields`), or None when the string is not a column name."""
+    parts = at.split(".")
+    if parts[-1] == "name":
+        parts = parts[:-1]
+    if len(parts) >= 2 and parts[-1] == "item" and parts[-2] in _COLUMN_KEYS:
+        return ".".join(parts[:-1])
+    return None
 
 
 # Where query APIs that answer in columns name them, beside the rows: ES|QL (`columns`/`values`), OpenSearch SQL

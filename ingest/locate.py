@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NOTIFICATION_FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 TOKEN_FIELDS = NOTIFICATION_FIELDS[1:]
@@ -36,6 +37,8 @@ TIME_KEYS = (
     "received_at", "receivedat", "received", "receive_time", "received_time", "time", "timestamp",
     "@timestamp", "ts", "_time", "datetime", "date", "@t", "eventtime", "event_time", "logged_at",
     "created_at", "time_local",
+    # python-json-logger's usual format string, log4j2's JsonLayout (epoch ms)
+    "asctime", "timemillis",
     # Azure Monitor, Sumo Logic, Papertrail, Better Stack
     "timegenerated", "_messagetime", "generated_at", "dt",
     # systemd's journal (`journalctl -o json`): when the process logged it, else when the journal got it (us)
@@ -52,19 +55,22 @@ _TIME_KEY_RANK = {k: i for i, k in enumerate(TIME_KEYS)}
 _INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
 _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 
-# A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456), Apache
-# style, a classic syslog line's `Dec  3 09:00:00` at the start (no year: see tt_yearless), or a bare epoch
-# number at the start; failing those, the epoch of a Fluent Bit `out_file` line,
-# `tag: [1764752400.123456000, {...}]` (a second pattern, tried only where the first finds nothing).
+# A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456, and Papertrail's
+# `2026-11-17 00:15:02 -0800`), Apache style, or a classic syslog line's `Dec  3 09:00:00` at the start (no
+# year: see tt_yearless; journalctl's short-precise adds microseconds). Failing those (later patterns are tried
+# only where the earlier ones find nothing): a bare epoch number at the start (only then: Papertrail's lines
+# start with a 19-digit event id, before the time), or the epoch of a Fluent Bit `out_file` line,
+# `tag: [1764752400.123456000, {...}]`.
 TIME_IN_TEXT = (
-    r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2}| ?UTC)?"
+    r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b| ?UTC)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
-    r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}\b"
-    r"|^\d{10}(?:\.\d+)?\b|^\d{13,19}\b)"
+    r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
 )
+EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 IDENTITY_IN_TEXT = r"\b(?:user_id|user|sub|identity|username|alias)[=:]\s*\"?([^\s\",}]+)"
 _TIME_RE = re.compile(TIME_IN_TEXT)
+_EPOCH_RE = re.compile(EPOCH_IN_TEXT)
 _TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
 _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
 
@@ -106,7 +112,7 @@ class Layout:
             time = "NULL::VARCHAR"
             if self.time is not None:
                 if self.time_in_text:
-                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
+                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
                 else:
                     time, n = f"tt_all[{n}] ->> '$'", n + 1
             found = []
@@ -119,7 +125,7 @@ class Layout:
             identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
-        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
+        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
         found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
@@ -156,8 +162,11 @@ def locate(text: str) -> Located:
             return Located(reason=f"invalid JSON: {e.msg.removesuffix(' at')} at {where}{' (truncated?)' if cut else ''}")
     found = _search(root, root_is_text)
     if found is None:
-        if any(m in stripped for m in _MARKERS):
+        if any(m in stripped for m in _MARKERS) and root_is_text:
             return Located(reason="invalid JSON: a notification is there but cannot be parsed (truncated?)")
+        if any(m in stripped for m in _MARKERS):
+            return Located(reason="Tyk field names are there, but not as a notification (notification_type, or two "
+                                  "token fields, in one object or under one flattened prefix)")
         return Located(reason="no Tyk notification found in the record")
     notif, notif_steps, flat_prefix, listed, chain = found
     if flat_prefix:
@@ -204,8 +213,15 @@ def learn_layout(texts: Iterable[str], sample: int = 500) -> Layout | None:
 
 # -- the search ----------------------------------------------------------------------------------------------
 
-# A chain entry: (node, steps from the root, prefix text when the node was parsed out of a string).
-_Chain = list[tuple[object, tuple[Step, ...], str | None]]
+class _Text(NamedTuple):
+    """The string a node was parsed out of: the text before its JSON, and all of it."""
+
+    prefix: str
+    whole: str
+
+
+# A chain entry: (node, steps from the root, the text when the node was parsed out of a string).
+_Chain = list[tuple[object, tuple[Step, ...], _Text | None]]
 
 
 def _search(root: object, root_is_text: bool):
@@ -217,7 +233,7 @@ def _search(root: object, root_is_text: bool):
         if parsed is None:
             return None
         obj, prefix, kind = parsed
-        queue.append((obj, ((kind,),), [], prefix))
+        queue.append((obj, ((kind,),), [], _Text(prefix, root)))
     else:
         queue.append((root, (), [], None))
     seen = 0
@@ -246,7 +262,7 @@ def _enqueue(queue, value, steps, chain) -> None:
         parsed = _embedded_json(value)
         if parsed is not None:
             obj, prefix, kind = parsed
-            queue.append((obj, (*steps, (kind,)), chain, prefix))
+            queue.append((obj, (*steps, (kind,)), chain, _Text(prefix, value)))
 
 
 _PARSE_STEPS = ("p", "q")
@@ -286,13 +302,19 @@ def _embedded_json(text: str):
     return (obj, text[: m.start()], "q") if isinstance(obj, dict) and obj else None
 
 
+# How platforms join a nested key's parts when they flatten a record: body.auth_code, body_auth_code,
+# body/auth_code (Graylog pipelines, some SIEMs), body:auth_code, body__auth_code.
+_FLAT_JOINERS = (".", "_", "/", ":")
+
+
 def _as_notification(d: dict):
     """(notification, flat prefix, listed) when `d` is one; `listed`: the flattened values are one-item lists
-    (Elasticsearch's `fields`: {"body.notification_type": ["new"], ...})."""
+    (Elasticsearch's `fields`: {"body.notification_type": ["new"], ...}). Flattened with dots (Kibana, Datadog,
+    Google) or underscores (Graylog's JSON extractor, BigQuery legacy SQL: `body_notification_type`)."""
     if "notification_type" in d or sum(k in d for k in TOKEN_FIELDS) >= 2:
         return d, None, False
     for key in d:
-        if isinstance(key, str) and key.endswith(".notification_type"):
+        if isinstance(key, str) and key.endswith("notification_type") and key[-18:-17] in _FLAT_JOINERS:
             prefix = key[: -len("notification_type")]
             notif = {f: d[prefix + f] for f in NOTIFICATION_FIELDS if prefix + f in d}
             listed = isinstance(notif["notification_type"], list) and len(notif["notification_type"]) == 1
@@ -314,15 +336,18 @@ class _FlatLevel(dict):
 def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
     """The levels between a flattened notification (`json.body.auth_code`) and the row that holds it, outermost
     first: the receiver's own record (`json.received_at`, `jsonPayload.user_id`; Datadog's attributes `@user_id`
-    beside `@body.auth_code`), which is nearer to the notification than the platform's columns."""
-    segments = flat_prefix.rstrip(".").split(".")
-    prefixes = [".".join(segments[:i]) + "." for i in range(1, len(segments))]
+    beside `@body.auth_code`), which is nearer to the notification than the platform's columns. Joined with
+    underscores (BigQuery legacy SQL: `jsonPayload_received_at` beside `jsonPayload_body_auth_code`) a level's
+    members cannot be told from deeper ones by their names; the candidates only look for their own names."""
+    sep = flat_prefix[-1] if flat_prefix[-1:] in _FLAT_JOINERS else "."
+    segments = flat_prefix.rstrip(sep).split(sep)
+    prefixes = [sep.join(segments[:i]) + sep for i in range(1, len(segments))]
     if segments[0].startswith("@") and len(segments[0]) > 1:
         prefixes.insert(0, "@")
     levels = []
     for prefix in prefixes:
         members = {k[len(prefix):]: v for k, v in node.items()
-                   if isinstance(k, str) and k.startswith(prefix) and "." not in k[len(prefix):]}
+                   if isinstance(k, str) and k.startswith(prefix) and (sep != "." or "." not in k[len(prefix):])}
         if members:
             levels.append((_FlatLevel(prefix, members), steps, None))
     return levels
@@ -337,7 +362,7 @@ def _nearest(chain: _Chain, candidate):
             if isinstance(node, _FlatLevel):  # the member's name in the record carries the level's prefix
                 key_steps = (("k", node.prefix + key_steps[0][1]), *key_steps[1:])
             return value, (*steps, *key_steps), False
-        if text_prefix:
+        if text_prefix is not None:
             in_text = candidate.text(text_prefix) if hasattr(candidate, "text") else None
             if in_text is not None:
                 return in_text, steps[:-1] if steps and steps[-1][0] in _PARSE_STEPS else steps, True
@@ -384,8 +409,8 @@ def _time_candidate(node):
     return None if best is None else (str(best[2]), best[1])
 
 
-def _time_in_text(text: str):
-    m = _TIME_RE.search(text) or _TAGGED_EPOCH_RE.search(text)
+def _time_in_text(text: _Text):
+    m = _TIME_RE.search(text.prefix) or _EPOCH_RE.search(text.prefix) or _TAGGED_EPOCH_RE.search(text.prefix)
     return m.group(1) if m else None
 
 
@@ -418,8 +443,10 @@ def _identity_candidate(node):
     return None if best is None else (best[2], best[1])
 
 
-def _identity_in_text(text: str):
-    m = _IDENTITY_RE.search(text)
+def _identity_in_text(text: _Text):
+    """`user_id=alice` before the JSON, else anywhere in the line: logrus sorts its fields, so `user_id` comes
+    after `body`. (Inside the JSON the pattern cannot match: JSON puts a quote between a key and its colon.)"""
+    m = _IDENTITY_RE.search(text.prefix) or _IDENTITY_RE.search(text.whole)
     return m.group(1) if m else None
 
 
@@ -510,4 +537,6 @@ def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str) -> str:
         return _sql_value(raw, steps, as_json=False)
     text = _sql_value(raw, steps, as_json=False) if steps else raw
     found = [f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(p)}, 1), '')" for p in patterns]
+    if patterns == (IDENTITY_IN_TEXT,):  # as `_identity_in_text`: before the JSON, else anywhere in the line
+        found.append(f"nullif(regexp_extract({text}, {_sql_str(IDENTITY_IN_TEXT)}, 1), '')")
     return found[0] if len(found) == 1 else f"coalesce({', '.join(found)})"

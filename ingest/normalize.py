@@ -47,6 +47,10 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
         WHEN s IS NULL THEN NULL
         WHEN regexp_full_match(s, '[A-Z][a-z]{2} +[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2}') THEN
             tt_yearless(regexp_replace(s, ' +', ' ', 'g'))
+        -- journalctl -o short-precise: the same with microseconds
+        WHEN regexp_full_match(s, '[A-Z][a-z]{2} +[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]+') THEN
+            tt_yearless(regexp_replace(regexp_replace(s, '[.][0-9]+$', ''), ' +', ' ', 'g'))
+            + to_microseconds(floor(('0' || regexp_extract(s, '[.][0-9]+$'))::DECIMAL(38, 9) * 1000000)::BIGINT)
         WHEN regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?') THEN tt_epoch(s::DECIMAL(38, 9))
         ELSE coalesce(
             try_cast(regexp_replace(regexp_replace(s, ',([0-9]+)', '.\1'), ' ?(UTC|GMT)$', 'Z') AS TIMESTAMPTZ)::TIMESTAMP,

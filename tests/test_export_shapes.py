@@ -310,6 +310,55 @@ def test_rows_and_columns_are_told_apart(doc, prefix, names, by_column):
     assert columns_of(doc, prefix) == (names, by_column)
 
 
+# Answers whose column names are Tyk's fields (`... | KEEP body.*`, `SELECT body.auth_code ...`): the names hold the
+# notification markers, but the records are the rows that follow them.
+NAMED_BY_TYK_FIELDS = [
+    # Elasticsearch SQL, format=json
+    (b'{"columns": [{"name": "@timestamp", "type": "datetime"}, {"name": "body.notification_type", "type": '
+     b'"keyword"}, {"name": "body.new_oauth_token", "type": "keyword"}], "rows": [["2026-12-03T09:00:00.123Z", '
+     b'"new", "T1"]]}', "rows.item", {"@timestamp": "2026-12-03T09:00:00.123Z", "body.notification_type": "new",
+                                     "body.new_oauth_token": "T1"}),
+    # ES|QL: columns and values
+    (b'{"took": 3, "columns": [{"name": "@timestamp", "type": "date"}, {"name": "body.notification_type", '
+     b'"type": "keyword"}], "values": [["2026-12-03T09:00:00.123Z", "new"]]}', "values.item",
+     {"@timestamp": "2026-12-03T09:00:00.123Z", "body.notification_type": "new"}),
+    # Splunk output_mode=json: fields listed first, results are objects
+    (b'{"preview": false, "init_offset": 0, "messages": [], "fields": [{"name": "_time"}, {"name": '
+     b'"body.notification_type"}], "results": [{"_time": "2026-12-03T09:00:00.123+00:00", '
+     b'"body.notification_type": "new"}]}', "results.item", None),
+    # Splunk output_mode=json_rows: fields as plain strings
+    (b'{"preview": false, "init_offset": 0, "messages": [], "fields": ["_time", "body.notification_type"], '
+     b'"rows": [["2026-12-03T09:00:00.123+00:00", "new"]]}', "rows.item",
+     {"_time": "2026-12-03T09:00:00.123+00:00", "body.notification_type": "new"}),
+]
+
+
+@pytest.mark.parametrize(("doc", "prefix", "row"), NAMED_BY_TYK_FIELDS,
+                         ids=["es-sql", "esql", "splunk-json", "splunk-json-rows"])
+def test_columns_named_like_tyk_fields_are_not_the_records(doc, prefix, row):
+    assert records_prefix(doc) == prefix
+    if row is not None:
+        names, by_column = columns_of(doc, prefix)
+        assert (dict(zip(names, json.loads(doc)[prefix.split(".")[0]][0], strict=True)), by_column) == (row, False)
+
+
+def test_an_es_sql_answer_of_flattened_fields_loads(tmp_path):
+    # POST _sql?format=json {"query": "SELECT \"@timestamp\", user_id, body.* FROM \"tyk-hook-*\""}
+    rows = [["2026-12-03T09:00:00.123Z", "alice", "new", "A1", "T1", "R1", None],
+            ["2026-12-03T09:40:00.654Z", None, "refresh", "", "T2", "R2", "R1"]]
+    names = ["@timestamp", "user_id", "body.notification_type", "body.auth_code", "body.new_oauth_token",
+             "body.refresh_token", "body.old_refresh_token"]
+    doc = {"columns": [{"name": n, "type": "datetime" if n == "@timestamp" else "keyword"} for n in names],
+           "rows": rows, "cursor": "sDXF1ZXJ5QW5kRmV0Y2gBAAAAAAAAAA"}
+    path = tmp_path / "sql.json"
+    path.write_text(json.dumps(doc))
+    db = tmp_path / "x.duckdb"
+    ok(tokentrail("ingest", path, "--db", db, cwd=tmp_path))
+    got = summary(db, tmp_path)
+    assert {k: got[k] for k in ("deliveries", "events", "chains", "rejected", "identities")} == \
+        {"deliveries": 2, "events": 2, "chains": 1, "rejected": 0, "identities": 1}, got
+
+
 def test_rows_without_a_column_list_stay_as_they_are():
     # Loki's [timestamp, line] pairs: `stream` labels are not columns
     loki = (b'{"status": "success", "data": {"resultType": "streams", "result": [{"stream": {"app": "hook"}, '

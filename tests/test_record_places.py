@@ -31,16 +31,27 @@ def _logfmt() -> bytes:
             f'time={RECEIVED[1]} level=INFO msg="tyk oauth notification" body={quoted(REFRESH)}\n').encode()
 
 
-def _flat_csv(platform_time: str, level: str, extra: dict) -> bytes:
-    """A CSV export of a flattened record: the platform's time column, the receiver's fields under `level`."""
+def _logrus_text() -> bytes:
+    # logrus's TextFormatter: time, level and msg first, then the other fields sorted, so user_id after body
+    def quoted(b):
+        return json.dumps(json.dumps(b, separators=(",", ":")))
+    return (f'time="{RECEIVED[0]}" level=info msg="tyk oauth notification" body={quoted(LOGIN)} status=200 '
+            f"user_id=alice\n"
+            f'time="{RECEIVED[1]}" level=info msg="tyk oauth notification" body={quoted(REFRESH)} status=200\n'
+            ).encode()
+
+
+def _flat_csv(platform_time: str, level: str, extra: dict, sep: str = ".") -> bytes:
+    """A CSV export of a flattened record: the platform's time column, the receiver's fields under `level`,
+    nested keys joined with `sep`."""
     out = io.StringIO()
     fields = [platform_time, *extra, f"{level}received_at", f"{level}user_id",
-              *(f"{level}body.{k}" for k in LOGIN)]
+              *(f"{level}body{sep}{k}" for k in LOGIN)]
     w = csv.DictWriter(out, fieldnames=fields)
     w.writeheader()
     for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"), (REFRESH, RECEIVED[1], SHIPPED[1], "")):
         w.writerow({platform_time: shipped, **extra, f"{level}received_at": received, f"{level}user_id": user,
-                    **{f"{level}body.{k}": v for k, v in b.items()}})
+                    **{f"{level}body{sep}{k}": v for k, v in b.items()}})
     return out.getvalue().encode()
 
 
@@ -53,6 +64,11 @@ SHAPES = {
     "datadog csv @attributes": lambda: _flat_csv("Date", "@", {"Host": "hook-1", "Service": "tyk-hook"}),
     # Google Cloud's flattened jsonPayload beside the entry's timestamp
     "gcloud csv jsonPayload.*": lambda: _flat_csv("timestamp", "jsonPayload.", {"severity": "INFO"}),
+    "logrus text, user_id after the body": _logrus_text,
+    # Graylog's JSON extractor joins nested keys with `_`: body_auth_code
+    "graylog csv body_*": lambda: _flat_csv("timestamp", "", {"source": "hook-1"}, sep="_"),
+    # BigQuery legacy SQL flattens a Cloud Logging sink table the same way
+    "bigquery csv jsonPayload_body_*": lambda: _flat_csv("timestamp", "jsonPayload_", {"severity": "INFO"}, sep="_"),
 }
 
 

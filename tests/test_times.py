@@ -54,6 +54,8 @@ TIME_FIELDS = [
     ("_messagetime", 1796288400123, "2026-12-03 09:00:00.123000"),  # Sumo Logic (epoch ms)
     ("generated_at", "2026-12-03T09:00:00Z", "2026-12-03 09:00:00.000000"),  # Papertrail
     ("dt", "2026-12-03 09:00:00.123456 UTC", "2026-12-03 09:00:00.123456"),  # Better Stack
+    ("asctime", "2026-12-03 09:00:00,123", "2026-12-03 09:00:00.123000"),  # python-json-logger
+    ("timeMillis", 1796288400123, "2026-12-03 09:00:00.123000"),  # log4j2's JsonLayout
 ]
 
 
@@ -161,3 +163,27 @@ def test_an_unknown_zone_is_refused_before_anything_is_read(store):
     with pytest.raises(ValueError, match="Mars/Olympus"):
         ingest(store, [("a.jsonl", io.BytesIO(b"not read"))], timezone="Mars/Olympus")
     assert store.cursor().execute("SELECT count(*) FROM ingest_files").fetchall() == [(0,)]
+
+
+# (a text line's start, as a tool writes it, and the UTC time it means); the file was last written on 4 Dec 2026
+TEXT_LINES = [
+    # journalctl -o short-precise: classic syslog with microseconds
+    ("Dec  3 09:00:00.123456 hook-1 tyk-hook[812]: tyk oauth notification body=", "2026-12-03 09:00:00.123456"),
+    # Papertrail's archive (TSV, no header): a 19-digit event id, then the time with its offset
+    ("1865403779365309794\t2026-12-03 01:00:00 -0800\t2026-12-03 01:00:01 -0800\t7312094\thook-1\t203.0.113.24\t"
+     "User\tInfo\ttyk-hook\ttyk oauth notification ", "2026-12-03 09:00:00.000000"),
+    # ... and an epoch at the start of a line still reads when nothing else in the line is a time
+    ("1796288400.123456 tyk-hook tyk oauth notification ", "2026-12-03 09:00:00.123456"),
+]
+
+
+@pytest.mark.parametrize(("start", "utc"), TEXT_LINES, ids=["short-precise", "papertrail", "epoch-first"])
+def test_times_in_text_lines(store, tmp_path, start, utc):
+    path = tmp_path / "hook.log"
+    path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
+    written = datetime(2026, 12, 4, 12, tzinfo=UTC).timestamp()
+    os.utime(path, (written, written))
+    report = ingest(store, [path])
+    assert (report.files[0].rejected, report.files[0].untimed) == (0, 0), report.files[0]
+    got = store.cursor().execute("SELECT strftime(first_seen, '%Y-%m-%d %H:%M:%S.%f') FROM events").fetchall()
+    assert got == [(utc,)]
