@@ -330,13 +330,22 @@ def sniff(name: str, sample: bytes) -> str:
 _YAML_KEY = re.compile(r"^\s*(- )?[A-Za-z_@][\w@.\-/]*:(\s|$)")
 
 
+_YAML_BLOCK_KEY = re.compile(r"^[A-Za-z_@][\w@.\-/]*:\s*$")
+
+
 def _is_yaml_stream(lines: list[str]) -> bool:
-    """YAML documents each opened by `---`: what `gcloud logging read` prints unless told --format=json."""
-    if not lines or lines[0].rstrip() != "---":
+    """YAML documents each opened by `---`: what `gcloud logging read` prints unless told --format=json; or one
+    document holding a list of records: the AWS CLI's `--output yaml` (`events:` then `- eventId: ...`)."""
+    if not lines:
         return False
-    # every unindented line is a key or a document start; indented ones are nested values or folded text
-    top = [ln for ln in lines[1:-1] if ln.strip() and not ln[0].isspace() and ln.rstrip() != "---"]
-    return len(top) >= 2 and all(_YAML_KEY.match(ln) for ln in top)
+    if lines[0].rstrip() == "---":
+        # every unindented line is a key or a document start; indented ones are nested values or folded text
+        top = [ln for ln in lines[1:-1] if ln.strip() and not ln[0].isspace() and ln.rstrip() != "---"]
+        return len(top) >= 2 and all(_YAML_KEY.match(ln) for ln in top)
+    if len(lines) < 3 or not _YAML_BLOCK_KEY.match(lines[0]) or not lines[1].startswith(("- ", "  ")):
+        return False
+    top = [ln for ln in lines[1:-1] if not ln[0].isspace() and not ln.startswith("- ")]
+    return all(_YAML_KEY.match(ln) for ln in top)
 
 
 def _binary_ratio(probe: bytes) -> float:
@@ -604,7 +613,7 @@ def records_prefix(sample: bytes) -> str:
                         named = (column, beside + "." if beside else "")
                     continue
                 hit = prefix.split(".")[:-1] if prefix else []
-                if hit[-2:] == ["item", "item"] and prefix.endswith(".value") and ".".join(hit) in pair_maps:
+                if hit[-2:] == ["item", "item"] and prefix.endswith((".value", ".field")) and ".".join(hit) in pair_maps:
                     hit = hit[:-1]  # a {"field", "value"} pair: the record is the row of pairs
             if hit is not None:
                 for end in range(len(hit), 0, -1):
@@ -933,6 +942,21 @@ def _pairs_as_object(item):
 _XML_DECLARATION = re.compile(rb"<\?xml[^>]*\?>")
 
 
+def _yaml_nodes(node, path: list[str]):
+    """The composed YAML nodes at an ijson prefix's path (`events.item`), in document order."""
+    if not path:
+        yield node
+        return
+    step, rest = path[0], path[1:]
+    if step == "item":
+        for child in node.value if node.id == "sequence" else ():
+            yield from _yaml_nodes(child, rest)
+    elif node.id == "mapping":
+        for key, child in node.value:
+            if key.value == step:
+                yield from _yaml_nodes(child, rest)
+
+
 def _read_yaml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     """YAML documents separated by `---` lines, one record each (numbered by the line its document starts on),
     read a document at a time. A document that does not parse is a record with its error, kept for the
@@ -950,10 +974,21 @@ def _read_yaml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             return
         doc = "".join(lines)
         try:
-            value = yaml.load(doc, Loader=loader)  # noqa: S506 - a safe loader
-            batch.add(start, json.dumps(value, ensure_ascii=False, default=str), None)
+            node = yaml.compose(doc, Loader=loader)  # noqa: S506 - a safe loader
+            value = loader(doc).construct_document(node) if node is not None else None
+            whole = json.dumps(value, ensure_ascii=False, default=str)
         except yaml.YAMLError as e:
             batch.add(start, doc, f"invalid YAML: {str(e).splitlines()[0]}")
+            return
+        marked = isinstance(value, dict | list) and any(m in whole for m in NOTIFICATION_MARKERS)
+        prefix = records_prefix(whole.encode()) if marked else ""
+        if not prefix:
+            batch.add(start, whole, None)  # the document is the record (gcloud)
+            return
+        # a document holding a list of records (the AWS CLI's `events:`): each is numbered by its own line
+        items = ijson.items(io.BytesIO(whole.encode()), prefix)
+        for item, item_node in zip(items, _yaml_nodes(node, prefix.split(".")), strict=False):
+            batch.add(start + item_node.start_mark.line, json.dumps(item, ensure_ascii=False, default=str), None)
 
     try:
         for line_no, line in enumerate(text, 1):

@@ -224,6 +224,11 @@ class _Text(NamedTuple):
 _Chain = list[tuple[object, tuple[Step, ...], _Text | None]]
 
 
+# Beside a record, never the record: Elasticsearch's `highlight` repeats matched fields as marked-up fragments
+# ({"body.notification_type": ["<em>refresh</em>"]}), one level nearer than `_source.body`.
+_NOT_RECORD_KEYS = frozenset({"highlight"})
+
+
 def _search(root: object, root_is_text: bool):
     """Breadth-first: the shallowest notification wins. Returns (notif, steps, flat_prefix, listed, ancestor
     chain)."""
@@ -246,9 +251,9 @@ def _search(root: object, root_is_text: bool):
             if hit is not None:
                 notif, flat_prefix, listed = hit
                 return notif, steps, flat_prefix, listed, here
-            items = node.items()
-            for key, value in items:
-                _enqueue(queue, value, (*steps, ("k", key)), here)
+            for key, value in node.items():
+                if key not in _NOT_RECORD_KEYS:
+                    _enqueue(queue, value, (*steps, ("k", key)), here)
         elif isinstance(node, list):
             for i, value in enumerate(node[:50]):
                 _enqueue(queue, value, (*steps, ("i", i)), here)
@@ -353,10 +358,29 @@ def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
     return levels
 
 
+# Objects beside a level's own members that describe the same record: Elasticsearch's `fields` (docvalue_fields,
+# runtime fields: one-item lists, when `_source` leaves a field out) and Loki's stream `labels` (logcli's jsonl,
+# where structured metadata such as a user lands). Looked into after the level's own members, before the next
+# level up.
+_SIDECARS = ("fields", "labels")
+
+
+def _at_level(node, candidate):
+    found = candidate(node)
+    if found is not None or not isinstance(node, dict) or isinstance(node, _FlatLevel):
+        return found
+    for side in _SIDECARS:
+        inner = node.get(side)
+        if isinstance(inner, dict) and (found := candidate(inner)) is not None:
+            value, key_steps = found
+            return value, (("k", side), *key_steps)
+    return None
+
+
 def _nearest(chain: _Chain, candidate):
     """Walk from the notification up to the record's root; the first level with a candidate wins."""
     for node, steps, text_prefix in reversed(chain):
-        found = candidate(node)
+        found = _at_level(node, candidate)
         if found is not None:
             value, key_steps = found
             if isinstance(node, _FlatLevel):  # the member's name in the record carries the level's prefix

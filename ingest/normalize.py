@@ -52,6 +52,9 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             tt_yearless(regexp_replace(regexp_replace(s, '[.][0-9]+$', ''), ' +', ' ', 'g'))
             + to_microseconds(floor(('0' || regexp_extract(s, '[.][0-9]+$'))::DECIMAL(38, 9) * 1000000)::BIGINT)
         WHEN regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?') THEN tt_epoch(s::DECIMAL(38, 9))
+        -- a leap second (23:59:60, as chrony-synced clocks may log one) is the next second's start, as POSIX time has it
+        WHEN regexp_matches(s, '[T ][0-9]{2}:[0-9]{2}:60') THEN
+            try_cast(regexp_replace(s, '([T ][0-9]{2}:[0-9]{2}):60', '\1:59') AS TIMESTAMPTZ)::TIMESTAMP + INTERVAL 1 SECOND
         ELSE coalesce(
             try_cast(regexp_replace(regexp_replace(s, ',([0-9]+)', '.\1'), ' ?(UTC|GMT)$', 'Z') AS TIMESTAMPTZ)::TIMESTAMP,
             -- Go's time.Time.String() (zap, logrus, fmt): 2026-12-03 09:00:00.123456789 +0000 UTC

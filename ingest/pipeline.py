@@ -18,6 +18,7 @@ import io
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -393,8 +394,7 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
     cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp UHUGEINT, identity VARCHAR)")
     try:
         text = io.TextIOWrapper(fileobj, encoding="utf-8-sig", errors="replace", newline="")
-        reader = csv.reader(text)
-        header = [h.strip().lower() for h in next(reader, [])]
+        header, reader, lines_before = _identity_header(text)
         code_col = next((header.index(c) for c in _IDENTITY_CODE_COLUMNS if c in header), None)
         user_col = next((header.index(c) for c in _IDENTITY_USER_COLUMNS if c in header), None)
         if code_col is None or user_col is None:
@@ -406,11 +406,13 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
             return report
         codes, users = [], []
         for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line (spreadsheets save a few at the end): not a row
             report.rows += 1
             code = row[code_col].strip() if len(row) > code_col else ""
             user = row[user_col].strip() if len(row) > user_col else ""
             if not code or not user:
-                report.rejected_lines.append(reader.line_num)
+                report.rejected_lines.append(lines_before + reader.line_num)
                 continue
             codes.append(code)
             users.append(user)
@@ -436,6 +438,31 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
         if owned:
             fileobj.close()
     return report
+
+
+def _identity_header(text) -> tuple[list[str], Iterator[list[str]], int]:
+    """The header of an identity mapping (names lower-cased, spaces and hyphens as underscores: `Auth Code`,
+    `User-ID`), a reader of the rows after it, and how many lines came before them. The delimiter is the one
+    that splits the header into a code and a user column: comma, or semicolon (Excel in many locales), tab, pipe;
+    Excel's `sep=;` first line says it outright."""
+    first = text.readline()
+    lines_before = 1
+    hint = first.strip().lower()
+    if len(hint) == 5 and hint.startswith("sep="):
+        delimiters, first = (first.strip()[4],), text.readline()
+        lines_before = 2
+    else:
+        delimiters = (",", ";", "\t", "|")
+
+    def names(delimiter: str) -> list[str]:
+        cells = next(csv.reader([first], delimiter=delimiter), [])
+        return [re.sub(r"[\s-]+", "_", c.strip().lower()) for c in cells]
+
+    def fits(header: list[str]) -> bool:
+        return any(c in header for c in _IDENTITY_CODE_COLUMNS) and any(c in header for c in _IDENTITY_USER_COLUMNS)
+
+    delimiter = next((d for d in delimiters if fits(names(d))), delimiters[0])
+    return names(delimiter), csv.reader(text, delimiter=delimiter), lines_before
 
 
 # -- merge ---------------------------------------------------------------------------------------------------

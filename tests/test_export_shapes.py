@@ -505,6 +505,28 @@ def test_a_yaml_document_that_does_not_parse_is_quarantined_by_its_line(tmp_path
     assert summary(db, tmp_path)["deliveries"] == 5
 
 
+def test_filter_log_events_as_aws_cli_yaml(tmp_path):
+    # `aws logs filter-log-events --output yaml` (or `output = yaml` in ~/.aws/config): one document, the events a
+    # list under `events:`, long messages folded. Each event is a record, numbered by the line it starts on.
+    import yaml
+
+    lines = (EXPORTS / "receiver_plain.jsonl").read_text().splitlines()
+    events = [{"logStreamName": "2026/12/03/[$LATEST]3f1c9e7a", "timestamp": 1796288400123 + i,
+               "message": line, "ingestionTime": 1796288400999 + i, "eventId": f"3800000000000000000000{i:04d}"}
+              for i, line in enumerate(lines)]
+    events[2]["message"] = "START RequestId: 6b1f Version: $LATEST"
+    doc = yaml.safe_dump({"events": events, "searchedLogStreams": []}, width=80, sort_keys=False)
+    path = tmp_path / "events.yaml"
+    path.write_text(doc)
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert (report["files"][0]["format"], report["files"][0]["records"]) == ("yaml", len(lines)), report
+    rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
+    starts = [n for n, line in enumerate(doc.splitlines(), 1) if line.startswith("- ")]
+    assert [r["record_no"] for r in rows] == [starts[2]], rows  # the third event's first line
+    assert summary(db, tmp_path)["deliveries"] == len(lines) - 1
+
+
 def test_get_log_events_as_aws_cli_text(tmp_path):
     # `aws logs get-log-events --output text`: EVENTS, ingestionTime, message, timestamp (no eventId or stream)
     source = EXPORTS / "cloudwatch_get_log_events.json"

@@ -50,6 +50,31 @@ def test_new_identity_mapping_labels_stored_chains(store):
     assert [c["events"] for c in chains_for_identity(store, "frank@example.com")] == [2]
 
 
+MAPPINGS = {
+    "comma": b"auth_code,user_id\nCODE-1,frank@example.com\n",
+    # Excel in a German or French locale: a byte-order mark, semicolons, CRLF, blank lines at the end
+    "excel-semicolon": "auth_code;user_id;created\r\nCODE-1;frank@example.com;17.11.2026\r\n\r\n\r\n".encode("utf-8-sig"),
+    "excel-sep-hint": b"sep=;\r\nAuth Code;User ID\r\nCODE-1;frank@example.com\r\n",
+    "tab, header case": b"Auth_Code\tUser-Name\tteam\nCODE-1\tfrank@example.com\tops\n",
+    "pipe, quoted": b'"code"|"sub"\n"CODE-1"|"frank@example.com"\n',
+}
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_identity_mappings_as_spreadsheets_save_them(store, mapping):
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="CODE-1"))])
+    report = ingest(store, [], identities=("users.csv", io.BytesIO(MAPPINGS[mapping])))
+    r = report.identities
+    assert (r.error, r.rows, r.mapped, r.rejected_lines) == (None, 1, 1, [])  # blank lines are not rows
+    assert [c["events"] for c in chains_for_identity(store, "frank@example.com")] == [1]
+
+
+def test_identity_mapping_rows_without_a_user_are_named_by_their_line(store):
+    mapping = b"sep=,\ncode,user\nCODE-1,frank\nCODE-2,\n\nCODE-3,gina\n"
+    report = ingest(store, [], identities=("users.csv", io.BytesIO(mapping)))
+    assert (report.identities.rows, report.identities.mapped, report.identities.rejected_lines) == (3, 2, [4])
+
+
 def test_a_token_issued_twice_hangs_its_presenter_under_the_earliest_issuer(store):
     # Tyk's refresh tokens are random, so only corrupt or hostile input issues one twice. The earliest issuer
     # is the parent (a `new` event before a refresh at the same time); the other issuer keeps its own chain.

@@ -55,6 +55,37 @@ def _flat_csv(platform_time: str, level: str, extra: dict, sep: str = ".") -> by
     return out.getvalue().encode()
 
 
+def _es_hits() -> bytes:
+    # `_source` filtered to the body and user; the receiver's time asked for as a docvalue field; highlighting on
+    hits = [{"_index": "tyk-hook", "_id": f"id{i}", "_score": None,
+             "_source": {"body": b, **({"user_id": user} if user else {})},
+             "fields": {"received_at": [received]},
+             "highlight": {"body.notification_type": [f"<em>{b['notification_type']}</em>"]},
+             "sort": [i]}
+            for i, (b, received, user) in enumerate(((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None)))]
+    return json.dumps({"took": 5, "timed_out": False, "hits": {"total": {"value": 2}, "hits": hits}}).encode()
+
+
+def _insights_pairs() -> bytes:
+    # `aws logs get-query-results` for `fields @timestamp, received_at, user_id, body.*`: rows of field/value
+    # pairs, a pair left out when its value is empty
+    def row(b, received, shipped, user):
+        pairs = {"@timestamp": shipped.replace("T", " ").removesuffix("Z"), "received_at": received, "user_id": user,
+                 **{f"body.{k}": v for k, v in b.items()}, "@ptr": "CmAKJwojMTIzNDU2Nzg5MDEyOi9hd3MvbGFtYmRh"}
+        return [{"field": k, "value": v} for k, v in pairs.items() if v]
+    return json.dumps({"results": [row(LOGIN, RECEIVED[0], SHIPPED[0], "alice"), row(REFRESH, RECEIVED[1], SHIPPED[1], "")],
+                       "statistics": {"recordsMatched": 2.0}, "status": "Complete"}).encode()
+
+
+def _logcli_labels() -> bytes:
+    # logcli --output=jsonl: the user is structured metadata, printed among the stream's labels
+    return "".join(
+        json.dumps({"labels": {"app": "tyk-hook", **({"user_id": user} if user else {})},
+                    "line": f"{received} INFO tyk oauth notification {json.dumps(b)}", "timestamp": shipped}) + "\n"
+        for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"), (REFRESH, RECEIVED[1], SHIPPED[1], None))
+    ).encode()
+
+
 SHAPES = {
     "text line, user_id=": _text_lines,
     "logfmt, quoted body": _logfmt,
@@ -65,6 +96,9 @@ SHAPES = {
     # Google Cloud's flattened jsonPayload beside the entry's timestamp
     "gcloud csv jsonPayload.*": lambda: _flat_csv("timestamp", "jsonPayload.", {"severity": "INFO"}),
     "logrus text, user_id after the body": _logrus_text,
+    "elasticsearch: highlight, time in docvalue fields": _es_hits,
+    "cloudwatch insights: pairs of body.* fields": _insights_pairs,
+    "logcli jsonl: the user among the labels": _logcli_labels,
     # Graylog's JSON extractor joins nested keys with `_`: body_auth_code
     "graylog csv body_*": lambda: _flat_csv("timestamp", "", {"source": "hook-1"}, sep="_"),
     # BigQuery legacy SQL flattens a Cloud Logging sink table the same way
