@@ -48,6 +48,7 @@ import ijson
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
+from ijson.common import ObjectBuilder
 
 BATCH_RECORDS = 100_000
 CHUNK_BYTES = 16 << 20
@@ -891,8 +892,13 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
         batch = Batch()
         record_no = 0
         frame: list[list] = []  # the columns of a column-major answer, until all of them are read
+        streams = prefix.removesuffix(".values.item") if prefix.endswith(".values.item") else None
+        if streams is not None and _labels_first(stream.sample, streams, prefix):
+            items = _with_stream_labels(ijson.parse(stream, multiple_values=multiple, use_float=True), streams)
+        else:
+            items = ijson.items(stream, prefix, multiple_values=multiple, use_float=True)
         try:
-            for item in ijson.items(stream, prefix, multiple_values=multiple, use_float=True):
+            for item in items:
                 if by_column and names and isinstance(item, list):
                     frame.append(item)
                     if len(frame) == len(names):
@@ -926,6 +932,60 @@ def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa
             yield batch.table()
 
     return read
+
+
+def _labels_first(sample: bytes, streams: str, prefix: str) -> bool:
+    """True when the objects at `streams` (Loki's `data.result.item`) name their `stream` labels before the values
+    and some stream in the sample has a user among them. (Only then are the values read with their labels: that
+    costs half as much again as reading the values alone.)"""
+    labels = f"{streams}.stream"
+    try:
+        for at, event, value in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if at == labels and event == "map_key" and value.lower() in _USER_LABELS:
+                return True
+    except ijson.JSONError:
+        pass
+    return False
+
+
+# Labels that name a user (as `ingest.locate.IDENTITY_KEYS`; the reader does not depend on the locator).
+_USER_LABELS = frozenset({"user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr"})
+
+
+def _with_stream_labels(events, streams: str) -> Iterator:
+    """Loki's query answer, a value at a time: each [timestamp, line] with its stream's labels beside it,
+    {"stream": {...}, "value": [...]}. The labels describe every line of the stream (Loki 3 puts structured
+    metadata, a user for one, among them), but live outside the values. Built from the parser's events, so a file
+    cut short still gives every value before the cut."""
+    labels_at, value_at = f"{streams}.stream", f"{streams}.values.item"
+    labels = None
+    builder, target, depth = None, None, 0
+    for at, event, value in events:
+        if builder is None:
+            if at == streams and event == "start_map":
+                labels = None  # the next stream
+                continue
+            if at == labels_at and event == "start_map":
+                target = "labels"
+            elif at == value_at:
+                target = "value"
+                if event not in ("start_map", "start_array"):
+                    yield {"stream": labels, "value": value} if labels else value
+                    continue
+            else:
+                continue
+            builder, depth = ObjectBuilder(), 0
+        builder.event(event, value)
+        if event in ("start_map", "start_array"):
+            depth += 1
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+        if depth == 0:
+            if target == "labels":
+                labels = builder.value
+            else:
+                yield {"stream": labels, "value": builder.value} if labels else builder.value
+            builder = None
 
 
 def _pairs_as_object(item):

@@ -359,10 +359,10 @@ def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
 
 
 # Objects beside a level's own members that describe the same record: Elasticsearch's `fields` (docvalue_fields,
-# runtime fields: one-item lists, when `_source` leaves a field out) and Loki's stream `labels` (logcli's jsonl,
-# where structured metadata such as a user lands). Looked into after the level's own members, before the next
-# level up.
-_SIDECARS = ("fields", "labels")
+# runtime fields: one-item lists, when `_source` leaves a field out) and Loki's stream labels (`labels` in logcli's
+# jsonl, `stream` in the API's answer), where structured metadata such as a user lands. Looked into after the
+# level's own members, before the next level up.
+_SIDECARS = ("fields", "labels", "stream")
 
 
 def _at_level(node, candidate):

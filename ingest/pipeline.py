@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import queue
@@ -391,7 +392,7 @@ SELECT $sid::INTEGER AS source_id, *, tt_delivery_id(event_id, received_at) AS d
 def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
     name, fileobj, owned = _open(item)
     report = IdentityReport(name)
-    cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp UHUGEINT, identity VARCHAR)")
+    cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp UHUGEINT, identity VARCHAR, line BIGINT)")
     try:
         text = io.TextIOWrapper(fileobj, encoding="utf-8-sig", errors="replace", newline="")
         header, reader, lines_before = _identity_header(text)
@@ -404,7 +405,7 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
                 f"found: {', '.join(header) or 'no header'}"
             )
             return report
-        codes, users = [], []
+        codes, users, lines = [], [], []
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line (spreadsheets save a few at the end): not a row
@@ -416,9 +417,11 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
                 continue
             codes.append(code)
             users.append(user)
-        cur.register("tt_ids", pa.table({"code": pa.array(codes, pa.string()), "identity": pa.array(users, pa.string())}))
+            lines.append(lines_before + reader.line_num)
+        cur.register("tt_ids", pa.table({"code": pa.array(codes, pa.string()), "identity": pa.array(users, pa.string()),
+                                         "line": pa.array(lines, pa.int64())}))
         cur.execute(
-            "INSERT INTO stage_identities SELECT tt_fp($key, code), identity FROM tt_ids", {"key": key}
+            "INSERT INTO stage_identities SELECT tt_fp($key, code), identity, line FROM tt_ids", {"key": key}
         )
         cur.unregister("tt_ids")
         report.mapped = len(codes)
@@ -427,7 +430,8 @@ def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
             "DELETE FROM identity_map WHERE auth_code_fp IN (SELECT auth_code_fp FROM stage_identities)"
         )
         cur.execute(
-            "INSERT INTO identity_map SELECT auth_code_fp, any_value(identity), ? FROM stage_identities "
+            # the file's later row for a code wins, as a later file's does
+            "INSERT INTO identity_map SELECT auth_code_fp, arg_max(identity, line), ? FROM stage_identities "
             "GROUP BY auth_code_fp",
             [name],
         )
@@ -469,6 +473,9 @@ def _identity_header(text) -> tuple[list[str], Iterator[list[str]], int]:
 
 # Two rows of one payload this close in time are one delivery read twice; Tyk retries after 10 s at the soonest.
 SAME_DELIVERY_S = 5
+# Two rows of one payload in one export this far apart are two deliveries (Tyk's retries: 10 s at the soonest,
+# less a second for an export that keeps whole seconds).
+SAME_SOURCE_RETRY_S = 8
 
 
 def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorded: Collection[int] = (), *,
@@ -491,36 +498,65 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     # its time at different precisions (Kibana's CSV ms, Elasticsearch us) or from different clocks (two
     # platforms' ingest times of a bare body), while Tyk's own retries of a payload come at least 10 s apart.
     # (What the live receiver recorded is exact: each of its rows is one POST.) Repeats inside one run are rare
-    # (overlapping exports), so only the events with several rows pay for finding them: sorted by time, a row
-    # close enough to the one before belongs to its delivery, and each delivery keeps its first row in the
-    # files' order. Untimed rows of an event are one delivery.
+    # (overlapping exports), so only the events with several rows pay for finding them: sorted by time, rows
+    # closer than SAME_DELIVERY_S to the one before form a cluster, one delivery, which keeps its first row in the
+    # files' order. Copies of Tyk's retries from exports whose clocks differ by seconds can chain two deliveries
+    # into one cluster: a source whose own rows in it lie SAME_SOURCE_RETRY_S apart or more shows that, and
+    # `_split_clusters` parts such a cluster. Untimed rows of an event are one delivery.
     cur.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE tt_repeat AS
+        CREATE OR REPLACE TEMP TABLE tt_clusters AS
         WITH r AS (
-            SELECT event_id, received_at, source_id::BIGINT * 1099511627776 + record_no AS pos,
+            SELECT event_id, received_at, source_id, recorded,
+                   source_id::BIGINT * 1099511627776 + record_no AS pos,
                    lag(received_at) OVER w AS prev, row_number() OVER w AS i,
                    recorded OR lag(recorded) OVER w AS exact
             FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
             WHERE reason IS NULL
             WINDOW w AS (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos)
-        ), c AS (
-            SELECT event_id, pos,
-                   sum((i = 1 OR (received_at IS NULL) <> (prev IS NULL)
-                        OR coalesce(date_diff('microsecond', prev, received_at)
-                                    >= CASE WHEN exact THEN 1 ELSE {SAME_DELIVERY_S * 1_000_000} END, false))::INTEGER)
-                       OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos) AS delivery
-            FROM r
         )
-        SELECT pos FROM c QUALIFY pos <> min(pos) OVER (PARTITION BY event_id, delivery)
+        SELECT event_id, received_at, source_id, recorded, pos,
+               sum((i = 1 OR (received_at IS NULL) <> (prev IS NULL)
+                    OR coalesce(date_diff('microsecond', prev, received_at)
+                                >= CASE WHEN exact THEN 1 ELSE {SAME_DELIVERY_S * 1_000_000} END, false))::INTEGER)
+                   OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos) AS cluster
+        FROM r
         """
     )
+    cur.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE tt_tangled AS
+        SELECT DISTINCT event_id, cluster FROM (
+            SELECT event_id, cluster FROM tt_clusters WHERE received_at IS NOT NULL AND NOT recorded
+            GROUP BY event_id, cluster, source_id
+            HAVING date_diff('microsecond', min(received_at), max(received_at)) >= {SAME_SOURCE_RETRY_S * 1_000_000}
+        )
+        """
+    )
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE tt_repeat AS
+        SELECT pos FROM tt_clusters ANTI JOIN tt_tangled USING (event_id, cluster)
+        QUALIFY pos <> min(pos) OVER (PARTITION BY event_id, cluster)
+        """
+    )
+    _split_clusters(cur)
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
     # holds already and repeats of a delivery after its first occurrence.
     known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
     repeats = cur.execute("SELECT EXISTS (SELECT 1 FROM tt_repeat)").fetchall()[0][0]
     if known or repeats:  # a first load without repeats (the big one) skips this pass
+        # A copy dropped as a repeat may be the one that names the user (the receiver's log beside a bare-body
+        # export of the same records): its event keeps that user, whichever copy came first.
+        cur.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE tt_users AS
+            SELECT event_id, arg_min(identity, (coalesce(received_at, TIMESTAMP '9999-12-31'), source_id, record_no))
+                       AS identity
+            FROM stage WHERE reason IS NULL AND identity IS NOT NULL GROUP BY event_id
+            """
+        )
         cur.execute(
             f"""
             DELETE FROM stage s
@@ -551,6 +587,11 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         cur.execute(f"INSERT INTO events {_NEW_EVENTS}")  # a first load: every event is new, no copy
     else:
         _merge_events(cur)
+    if known or repeats:
+        cur.execute(
+            "UPDATE events SET identity = u.identity FROM tt_users u "
+            "WHERE events.event_id = u.event_id AND events.identity IS NULL"
+        )
     cur.execute(
         """
         INSERT INTO quarantine
@@ -565,8 +606,48 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     # the events this run added or changed, for an incremental lineage update
     if keep_changed:  # for lineage.update (live applies: a small stage)
         cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
-    for t in ("tt_multi", "tt_repeat", "tt_known", "tt_events", "tt_sources", "stage"):
+    for t in ("tt_multi", "tt_clusters", "tt_tangled", "tt_repeat", "tt_known", "tt_events", "tt_sources",
+              "tt_users", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _split_clusters(cur) -> None:
+    """The deliveries of the clusters of `_merge` in which a source holds rows SAME_SOURCE_RETRY_S apart or more
+    (rare, a handful of rows each). A source's rows that close together are one delivery it logged (Tyk's retries
+    come 10 s apart); the source with the most deliveries (the earliest such, on a tie) sets how many the cluster
+    holds, and every source with as many lines them up in time order: a source's i-th delivery is the cluster's
+    i-th. A source with fewer (an export that began or ended inside the burst) joins each of its own to the
+    nearest in time. Each delivery keeps its first row in the files' order; the others join `tt_repeat`."""
+    rows = cur.execute(
+        """
+        SELECT c.event_id, c.cluster, c.received_at, s.source, c.pos
+        FROM tt_clusters c SEMI JOIN tt_tangled USING (event_id, cluster) JOIN tt_sources s USING (source_id)
+        WHERE c.received_at IS NOT NULL
+        ORDER BY c.event_id, c.cluster, c.received_at, c.pos
+        """
+    ).fetchall()
+    repeats: list[int] = []
+    for _key, group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+        by_source: dict[str, list[list]] = {}  # source -> its deliveries, each a list of (time, pos), in time order
+        for _e, _c, at, source, pos in group:
+            own = by_source.setdefault(source, [])
+            if own and (at - own[-1][-1][0]).total_seconds() < SAME_SOURCE_RETRY_S:
+                own[-1].append((at, pos))
+            else:
+                own.append([(at, pos)])
+        most = max(len(d) for d in by_source.values())
+        anchor = min((d for d in by_source.values() if len(d) == most), key=lambda d: d[0][0])
+        starts = [d[0][0] for d in anchor]
+        members: list[list[int]] = [[] for _ in range(most)]
+        for own in by_source.values():
+            for i, delivery in enumerate(own):
+                if len(own) < most:  # nearest in time; on a tie the earlier
+                    i = min(range(most), key=lambda j, t=delivery[0][0]: (abs((t - starts[j]).total_seconds()), j))
+                members[i].extend(pos for _at, pos in delivery)
+        for positions in members:
+            repeats.extend(sorted(positions)[1:])
+    if repeats:
+        cur.execute("INSERT INTO tt_repeat SELECT unnest($1::BIGINT[])", [repeats])
 
 
 # The events of the stage's rows: an event with one row is that row (no hash table for millions of

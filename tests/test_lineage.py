@@ -75,6 +75,32 @@ def test_identity_mapping_rows_without_a_user_are_named_by_their_line(store):
     assert (report.identities.rows, report.identities.mapped, report.identities.rejected_lines) == (3, 2, [4])
 
 
+def test_the_later_row_for_a_code_in_one_mapping_wins(store):
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="CODE-1"))])
+    ingest(store, [], identities=("users.csv", io.BytesIO(b"code,user\nCODE-1,old@example.com\nCODE-1,new@example.com\n")))
+    assert [c["events"] for c in chains_for_identity(store, "new@example.com")] == [1]
+    assert chains_for_identity(store, "old@example.com") == []
+
+
+# The same two deliveries in two exports: the receiver's bodies (us, no user) and an access log (ms) whose login
+# record names the user. Dropped as a repeat or not, the copy with the user names the chain, in any order.
+_BODIES = [record("2026-12-03T09:00:00.123456Z", body("new", "T1", "R1", code="A1")),
+           record("2026-12-03T09:40:00.654321Z", body("refresh", "T2", "R2", "R1"))]
+_WITH_USER = [record("2026-12-03T09:00:00.123Z", body("new", "T1", "R1", code="A1"), user_id="alice"),
+              record("2026-12-03T09:40:00.654Z", body("refresh", "T2", "R2", "R1"))]
+
+
+@pytest.mark.parametrize("order", ["bodies+user", "user+bodies", "bodies, then user", "user, then bodies"])
+def test_a_user_on_either_copy_of_a_delivery_names_the_chain(store, order):
+    files = {"bodies": ("bodies.jsonl", _BODIES), "user": ("access.jsonl", _WITH_USER)}
+    runs = [[files[k] for k in run.split("+")] for run in order.split(", then ")]
+    for run in runs:
+        ingest(store, [(name, io.BytesIO(jsonl(records))) for name, records in run])
+    s = summary(store)
+    assert (s["deliveries"], s["events"], s["identities"]) == (2, 2, 1)
+    assert [c["events"] for c in chains_for_identity(store, "alice")] == [2]
+
+
 def test_a_token_issued_twice_hangs_its_presenter_under_the_earliest_issuer(store):
     # Tyk's refresh tokens are random, so only corrupt or hostile input issues one twice. The earliest issuer
     # is the parent (a `new` event before a refresh at the same time); the other issuer keeps its own chain.
@@ -173,6 +199,24 @@ def test_overlapping_exports_count_the_same_in_any_order(store, order):
         load(store, files[i], f"export-{i}.jsonl")
     s = summary(store)
     assert (s["deliveries"], s["events"], s["duplicates"]) == (3, 1, 2)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1)], ids=lambda o: "-".join(map(str, o)))
+def test_copies_that_bridge_a_retry_do_not_merge_it_away(store, order):
+    # A first attempt (answered 500) and Tyk's retry 10.4 s later, in three exports of one run: the receiver's
+    # log (us), Splunk's CSV (whole seconds), Loki's entry times (4.8 s behind). Sorted, no two neighbours are
+    # 5 s apart (07.000 07.420 12.180 17.000 17.790 22.560): chained neighbour to neighbour, all six were one
+    # delivery and the retry was lost. Each export's own rows 10 s apart are two deliveries, lined up in time
+    # order across the exports: two deliveries, the same in every order.
+    b = body("refresh", "T2", "R2", "R1")
+    exports = [[record("2026-12-03T11:46:07.419501Z", b), record("2026-12-03T11:46:17.794234Z", b)],
+               [record("2026-12-03T11:46:07Z", b), record("2026-12-03T11:46:17Z", b)],
+               [record("2026-12-03T11:46:12.181879Z", b), record("2026-12-03T11:46:22.556110Z", b)]]
+    ingest(store, [(f"export-{i}.jsonl", io.BytesIO(jsonl(exports[i]))) for i in order])
+    s = summary(store)
+    assert (s["deliveries"], s["events"], s["duplicates"]) == (2, 1, 1)
+    first = store.cursor().execute("SELECT first_seen FROM events").fetchall()[0][0]
+    assert first.isoformat(timespec="seconds") == "2026-12-03T11:46:07"  # each delivery keeps its first file's time
 
 
 def test_reingest_changes_nothing(store, tmp_path):

@@ -86,6 +86,16 @@ def _logcli_labels() -> bytes:
     ).encode()
 
 
+def _loki_api_streams() -> bytes:
+    # Loki 3's query_range answer: the user is structured metadata, a label of the stream the line is in
+    def stream(b, received, user):
+        line = json.dumps({"received_at": received, "msg": "tyk oauth notification", "body": b})
+        labels = {"app": "tyk-hook", "stream": "stdout", **({"user_id": user} if user else {})}
+        return {"stream": labels, "values": [["1796288401623000000", line]]}
+    result = [stream(LOGIN, RECEIVED[0], "alice"), stream(REFRESH, RECEIVED[1], None)]
+    return json.dumps({"status": "success", "data": {"resultType": "streams", "result": result}}).encode()
+
+
 SHAPES = {
     "text line, user_id=": _text_lines,
     "logfmt, quoted body": _logfmt,
@@ -99,6 +109,7 @@ SHAPES = {
     "elasticsearch: highlight, time in docvalue fields": _es_hits,
     "cloudwatch insights: pairs of body.* fields": _insights_pairs,
     "logcli jsonl: the user among the labels": _logcli_labels,
+    "loki api: the user among the stream's labels": _loki_api_streams,
     # Graylog's JSON extractor joins nested keys with `_`: body_auth_code
     "graylog csv body_*": lambda: _flat_csv("timestamp", "", {"source": "hook-1"}, sep="_"),
     # BigQuery legacy SQL flattens a Cloud Logging sink table the same way
@@ -115,3 +126,10 @@ def test_the_receivers_own_time_and_user_are_found(store, shape):
     assert times == [t.removesuffix("Z") for t in RECEIVED]
     chains = cur.execute("SELECT identity, events FROM chains").fetchall()
     assert chains == [("alice", 2)]  # no identity mapping given: the user on the login's record
+
+
+def test_the_reader_knows_the_locators_user_keys():
+    # formats reads Loki's stream labels only when one names a user; it keeps its own copy of the names
+    from ingest import formats, locate
+
+    assert set(locate.IDENTITY_KEYS) == formats._USER_LABELS
