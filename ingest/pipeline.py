@@ -487,66 +487,89 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     if sources:
         cur.executemany("INSERT INTO tt_sources VALUES (?, ?, ?)", [(sid, name, sid in recorded)
                                                                     for sid, name, _ in sources])
-    # Events with more than one row in the stage (Tyk's retries, overlapping exports): a few percent. Only
-    # their rows need grouping below; a delivery can only repeat inside one of them.
+    known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
+    # Events with more than one row in the stage (Tyk's retries, overlapping exports: a few percent), or with
+    # deliveries stored already (a re-read, an export overlapping an earlier one). Only their rows need grouping
+    # below; a delivery can only repeat inside one of them.
+    stored_events = "UNION SELECT DISTINCT event_id FROM stage SEMI JOIN deliveries USING (event_id) WHERE reason IS NULL"
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE tt_multi AS "
-        "SELECT event_id FROM stage WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1"
+        "SELECT event_id FROM stage WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1 "
+        + (stored_events if known else "")
     )
-    # New deliveries: the first occurrence in this run of a delivery the store does not hold yet. Read from a
-    # log export, a delivery is a payload at a time, up to SAME_DELIVERY_S: two exports of one record can carry
-    # its time at different precisions (Kibana's CSV ms, Elasticsearch us) or from different clocks (two
-    # platforms' ingest times of a bare body), while Tyk's own retries of a payload come at least 10 s apart.
-    # (What the live receiver recorded is exact: each of its rows is one POST.) Repeats inside one run are rare
-    # (overlapping exports), so only the events with several rows pay for finding them: sorted by time, rows
-    # closer than SAME_DELIVERY_S to the one before form a cluster, one delivery, which keeps its first row in the
-    # files' order. Copies of Tyk's retries from exports whose clocks differ by seconds can chain two deliveries
-    # into one cluster: a source whose own rows in it lie SAME_SOURCE_RETRY_S apart or more shows that, and
-    # `_split_clusters` parts such a cluster. Untimed rows of an event are one delivery.
+    # New deliveries: the first occurrence of a delivery the store does not hold yet. Read from a log export, a
+    # delivery is a payload at a time, up to SAME_DELIVERY_S: two exports of one record can carry its time at
+    # different precisions (Kibana's CSV ms, Elasticsearch us) or from different clocks (two platforms' ingest
+    # times of a bare body), while Tyk's own retries of a payload come at least 10 s apart. (What the live
+    # receiver recorded is exact: each of its rows is one POST.) The rows of each event above, the stored
+    # deliveries among them, sorted by time: rows closer than SAME_DELIVERY_S to the one before form a cluster,
+    # one delivery. It is new unless a stored delivery is in it, and keeps its first row in the files' order.
+    # (Tyk's retries copied by several exports are lined up by `_split_clusters` instead.) Untimed rows of an
+    # event are one delivery. Stored or not, a row counts the same: the result does not depend on which export
+    # came first, or in which run.
+    stored_rows = """
+        UNION ALL
+        SELECT d.event_id, d.received_at, d.source, false, NULL::BIGINT
+        FROM deliveries d SEMI JOIN tt_multi USING (event_id)
+        UNION ALL
+        SELECT c.event_id, c.received_at, c.source, false, NULL::BIGINT
+        FROM delivery_copies c SEMI JOIN tt_multi USING (event_id)"""
     cur.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE tt_clusters AS
-        WITH r AS (
-            SELECT event_id, received_at, source_id, recorded,
-                   source_id::BIGINT * 1099511627776 + record_no AS pos,
-                   lag(received_at) OVER w AS prev, row_number() OVER w AS i,
-                   recorded OR lag(recorded) OVER w AS exact
+        WITH rows AS (
+            SELECT event_id, received_at, source, recorded, source_id::BIGINT * 1099511627776 + record_no AS pos
             FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
             WHERE reason IS NULL
-            WINDOW w AS (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos)
+            {stored_rows if known else ""}
+        ), r AS (
+            SELECT *, lag(received_at) OVER w AS prev, row_number() OVER w AS i,
+                   recorded OR lag(recorded) OVER w AS exact
+            FROM rows
+            WINDOW w AS (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos NULLS FIRST)
         )
-        SELECT event_id, received_at, source_id, recorded, pos,
+        SELECT event_id, received_at, source, recorded, pos,
                sum((i = 1 OR (received_at IS NULL) <> (prev IS NULL)
                     OR coalesce(date_diff('microsecond', prev, received_at)
                                 >= CASE WHEN exact THEN 1 ELSE {SAME_DELIVERY_S * 1_000_000} END, false))::INTEGER)
-                   OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos) AS cluster
+                   OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos NULLS FIRST) AS cluster
         FROM r
         """
     )
+    # Events seen by several sources, one of which holds rows SAME_SOURCE_RETRY_S apart or more: Tyk's retries,
+    # copied by exports whose clocks may differ by seconds. Neighbour to neighbour the copies can chain two
+    # deliveries into one cluster, or part one: `_split_clusters` lines the sources up instead.
     cur.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE tt_tangled AS
-        SELECT DISTINCT event_id, cluster FROM (
-            SELECT event_id, cluster FROM tt_clusters WHERE received_at IS NOT NULL AND NOT recorded
-            GROUP BY event_id, cluster, source_id
-            HAVING date_diff('microsecond', min(received_at), max(received_at)) >= {SAME_SOURCE_RETRY_S * 1_000_000}
+        SELECT event_id FROM (
+            SELECT event_id, source, bool_or(recorded) AS recorded,
+                   date_diff('microsecond', min(received_at), max(received_at)) AS span
+            FROM tt_clusters WHERE received_at IS NOT NULL GROUP BY event_id, source
         )
+        GROUP BY event_id
+        HAVING count(*) > 1 AND NOT bool_or(recorded) AND max(span) >= {SAME_SOURCE_RETRY_S * 1_000_000}
         """
     )
+    # the rows of a cluster after its first (pos: the files' order), or all of them when a stored row is in it
     cur.execute(
         """
         CREATE OR REPLACE TEMP TABLE tt_repeat AS
-        SELECT pos FROM tt_clusters ANTI JOIN tt_tangled USING (event_id, cluster)
-        QUALIFY pos <> min(pos) OVER (PARTITION BY event_id, cluster)
+        SELECT pos FROM (
+            SELECT pos, bool_or(pos IS NULL) OVER c AS stored, min(pos) OVER c AS first
+            FROM tt_clusters
+            WHERE received_at IS NULL OR event_id NOT IN (SELECT event_id FROM tt_tangled)
+            WINDOW c AS (PARTITION BY event_id, cluster)
+        )
+        WHERE pos IS NOT NULL AND (stored OR pos <> first)
         """
     )
     _split_clusters(cur)
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
     # holds already and repeats of a delivery after its first occurrence.
-    known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
     repeats = cur.execute("SELECT EXISTS (SELECT 1 FROM tt_repeat)").fetchall()[0][0]
-    if known or repeats:  # a first load without repeats (the big one) skips this pass
+    if repeats:  # a first load without repeats (the big one) skips this pass
         # A copy dropped as a repeat may be the one that names the user (the receiver's log beside a bare-body
         # export of the same records): its event keeps that user, whichever copy came first.
         cur.execute(
@@ -557,17 +580,29 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
             FROM stage WHERE reason IS NULL AND identity IS NOT NULL GROUP BY event_id
             """
         )
+        # the copies at times the store does not hold yet, kept for the runs to come
         cur.execute(
-            f"""
+            """
+            INSERT INTO delivery_copies
+            SELECT DISTINCT s.event_id, s.received_at, t.source, $run_id
+            FROM stage s JOIN tt_sources t USING (source_id)
+            WHERE s.reason IS NULL AND s.received_at IS NOT NULL AND NOT t.recorded
+              AND s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat)
+              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = s.delivery_id)
+              AND s.delivery_id NOT IN (SELECT k.delivery_id FROM stage k WHERE k.reason IS NULL
+                                        AND k.source_id::BIGINT * 1099511627776 + k.record_no
+                                            NOT IN (SELECT pos FROM tt_repeat))
+              AND NOT EXISTS (SELECT 1 FROM delivery_copies c WHERE c.event_id = s.event_id
+                                                                AND c.received_at = s.received_at)
+            QUALIFY row_number() OVER (PARTITION BY s.event_id, s.received_at ORDER BY s.source_id, s.record_no) = 1
+            """,
+            {"run_id": run_id},
+        )
+        cur.execute(
+            """
             DELETE FROM stage s
             WHERE s.reason IS NULL
-              AND (EXISTS (SELECT 1 FROM deliveries x
-                           WHERE x.event_id = s.event_id
-                             AND (x.delivery_id = s.delivery_id
-                                  OR (abs(date_diff('microsecond', x.received_at, s.received_at))
-                                         < {SAME_DELIVERY_S * 1_000_000}
-                                      AND s.source_id NOT IN (SELECT source_id FROM tt_sources WHERE recorded))))
-                   OR s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat))
+              AND s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat)
             """
         )
     new = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
@@ -587,7 +622,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         cur.execute(f"INSERT INTO events {_NEW_EVENTS}")  # a first load: every event is new, no copy
     else:
         _merge_events(cur)
-    if known or repeats:
+    if repeats:
         cur.execute(
             "UPDATE events SET identity = u.identity FROM tt_users u "
             "WHERE events.event_id = u.event_id AND events.identity IS NULL"
@@ -612,40 +647,45 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
 
 
 def _split_clusters(cur) -> None:
-    """The deliveries of the clusters of `_merge` in which a source holds rows SAME_SOURCE_RETRY_S apart or more
-    (rare, a handful of rows each). A source's rows that close together are one delivery it logged (Tyk's retries
-    come 10 s apart); the source with the most deliveries (the earliest such, on a tie) sets how many the cluster
-    holds, and every source with as many lines them up in time order: a source's i-th delivery is the cluster's
-    i-th. A source with fewer (an export that began or ended inside the burst) joins each of its own to the
-    nearest in time. Each delivery keeps its first row in the files' order; the others join `tt_repeat`."""
+    """The deliveries of the tangled events of `_merge` (rare, a handful of rows each), stored copies included.
+    A source's rows less than SAME_SOURCE_RETRY_S apart are one delivery it logged (Tyk's retries come 10 s
+    apart); the source with the most deliveries (the earliest such, on a tie) sets how many the event holds, and
+    every source with as many lines them up in time order: a source's i-th delivery is the event's i-th, whatever
+    the offset between the sources' clocks. A source with fewer (an export that began or ended among the retries)
+    joins each of its own to the nearest in time. A delivery with a stored row in it is known, and all its new
+    rows repeat it; a new one keeps its first row in the files' order. The rows to drop join `tt_repeat`."""
     rows = cur.execute(
         """
-        SELECT c.event_id, c.cluster, c.received_at, s.source, c.pos
-        FROM tt_clusters c SEMI JOIN tt_tangled USING (event_id, cluster) JOIN tt_sources s USING (source_id)
+        SELECT c.event_id, c.received_at, c.source, c.pos
+        FROM tt_clusters c SEMI JOIN tt_tangled USING (event_id)
         WHERE c.received_at IS NOT NULL
-        ORDER BY c.event_id, c.cluster, c.received_at, c.pos
+        ORDER BY c.event_id, c.received_at, c.pos NULLS FIRST
         """
     ).fetchall()
     repeats: list[int] = []
-    for _key, group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+    for _event, group in itertools.groupby(rows, key=lambda r: r[0]):
         by_source: dict[str, list[list]] = {}  # source -> its deliveries, each a list of (time, pos), in time order
-        for _e, _c, at, source, pos in group:
+        for _e, at, source, pos in group:
             own = by_source.setdefault(source, [])
             if own and (at - own[-1][-1][0]).total_seconds() < SAME_SOURCE_RETRY_S:
                 own[-1].append((at, pos))
             else:
                 own.append([(at, pos)])
         most = max(len(d) for d in by_source.values())
-        anchor = min((d for d in by_source.values() if len(d) == most), key=lambda d: d[0][0])
+        _source, anchor = min(((src, d) for src, d in by_source.items() if len(d) == most),
+                              key=lambda sd: (sd[1][0][0][0], sd[0]))  # the earliest first time, then the name
         starts = [d[0][0] for d in anchor]
-        members: list[list[int]] = [[] for _ in range(most)]
+        members: list[list] = [[] for _ in range(most)]
         for own in by_source.values():
             for i, delivery in enumerate(own):
                 if len(own) < most:  # nearest in time; on a tie the earlier
                     i = min(range(most), key=lambda j, t=delivery[0][0]: (abs((t - starts[j]).total_seconds()), j))
                 members[i].extend(pos for _at, pos in delivery)
         for positions in members:
-            repeats.extend(sorted(positions)[1:])
+            if None in positions:  # a delivery the store holds: every new copy repeats it
+                repeats.extend(p for p in positions if p is not None)
+            else:
+                repeats.extend(sorted(positions)[1:])
     if repeats:
         cur.execute("INSERT INTO tt_repeat SELECT unnest($1::BIGINT[])", [repeats])
 

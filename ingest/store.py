@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS upstream_status INTEGER;  -- databases made before relay mode
 
+-- The other copies of a stored delivery read from overlapping exports, at their own times (another precision,
+-- another platform's clock): a later export is matched against all of them, so the result of loading several
+-- exports does not depend on their order. A copy at a time the store holds already is not kept.
+CREATE TABLE IF NOT EXISTS delivery_copies (event_id {RANDOM}, received_at TIMESTAMP, source VARCHAR, run_id INTEGER);
+
 -- One distinct notification payload; deliveries with the same payload collapse into it.
 CREATE TABLE IF NOT EXISTS events (
     event_id {RANDOM}, notification_type VARCHAR,

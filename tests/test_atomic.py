@@ -35,7 +35,7 @@ def test_sigkill_mid_ingest_leaves_the_database_unchanged(tmp_path):
     store.close()
 
     big = tmp_path / "big.jsonl"
-    _big_export(big, 400_000)
+    _big_export(big, 1_000_000)  # ~4 s to load on a fast machine: the kill at 1.5 s lands mid-ingest
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokentrail", "ingest", str(big), "--db", str(db)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
