@@ -488,13 +488,22 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         cur.executemany("INSERT INTO tt_sources VALUES (?, ?, ?)", [(sid, name, sid in recorded)
                                                                     for sid, name, _ in sources])
     known = cur.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchall()[0][0]
-    # Events with more than one row in the stage (Tyk's retries, overlapping exports: a few percent), or with
-    # deliveries stored already (a re-read, an export overlapping an earlier one). Only their rows need grouping
-    # below; a delivery can only repeat inside one of them.
-    stored_events = "UNION SELECT DISTINCT event_id FROM stage SEMI JOIN deliveries USING (event_id) WHERE reason IS NULL"
+    # Rows that are a stored delivery exactly (the same payload at the same time: a file read again) repeat it,
+    # whatever else is read: set aside at once, with one join on the delivery id.
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE tt_exact AS SELECT source_id::BIGINT * 1099511627776 + record_no AS pos "
+        "FROM stage WHERE reason IS NULL "
+        + ("AND delivery_id IN (SELECT delivery_id FROM deliveries)" if known else "AND false")
+    )
+    exact = "AND source_id::BIGINT * 1099511627776 + record_no NOT IN (SELECT pos FROM tt_exact)" if known else ""
+    # Events with more than one other row in the stage (Tyk's retries, overlapping exports: a few percent), or
+    # with deliveries stored already (an export overlapping an earlier one). Only their rows need grouping below;
+    # a delivery can only repeat inside one of them.
+    stored_events = f"""
+        UNION SELECT DISTINCT event_id FROM stage SEMI JOIN deliveries USING (event_id) WHERE reason IS NULL {exact}"""
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE tt_multi AS "
-        "SELECT event_id FROM stage WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1 "
+        f"SELECT event_id FROM stage WHERE reason IS NULL {exact} GROUP BY event_id HAVING count(*) > 1 "
         + (stored_events if known else "")
     )
     # New deliveries: the first occurrence of a delivery the store does not hold yet. Read from a log export, a
@@ -520,7 +529,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         WITH rows AS (
             SELECT event_id, received_at, source, recorded, source_id::BIGINT * 1099511627776 + record_no AS pos
             FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
-            WHERE reason IS NULL
+            WHERE reason IS NULL {exact}
             {stored_rows if known else ""}
         ), r AS (
             SELECT *, lag(received_at) OVER w AS prev, row_number() OVER w AS i,
@@ -565,6 +574,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         """
     )
     _split_clusters(cur)
+    cur.execute("INSERT INTO tt_repeat SELECT pos FROM tt_exact")
     valid = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     # Keep only what is new in the stage itself (no copy of millions of rows): drop deliveries the store
     # holds already and repeats of a delivery after its first occurrence.
@@ -641,7 +651,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     # the events this run added or changed, for an incremental lineage update
     if keep_changed:  # for lineage.update (live applies: a small stage)
         cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
-    for t in ("tt_multi", "tt_clusters", "tt_tangled", "tt_repeat", "tt_known", "tt_events", "tt_sources",
+    for t in ("tt_exact", "tt_multi", "tt_clusters", "tt_tangled", "tt_repeat", "tt_known", "tt_events", "tt_sources",
               "tt_users", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
