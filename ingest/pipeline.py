@@ -106,10 +106,10 @@ def ingest(
     timezone: str | None = None,
 ) -> IngestReport:
     """Load `inputs` in one transaction. Times the exports wrote without a zone are read in `timezone` (an IANA
-    name, checked with `check_timezone`; default UTC). `before_commit(cur)` runs last inside it (the live follower moves its
-    spool cursor there, so the cursor and the data it covers commit together). `incremental` recomputes only
-    the chains the new events can affect (`lineage.update`) instead of all of them; an identity mapping
-    always rebuilds everything, since it relabels chains that no new event touches."""
+    name, checked with `check_timezone`; default UTC). `before_commit(cur)` runs last inside the transaction (the
+    live follower moves its spool cursor there, so the cursor and the data it covers commit together).
+    `incremental` recomputes only the chains the new events can affect (`lineage.update`) instead of all of
+    them; an identity mapping always rebuilds everything, since it relabels chains that no new event touches."""
     inputs = list(inputs)
     started = time.perf_counter()
     phases: dict[str, float] = {}
