@@ -50,6 +50,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 from ijson.common import ObjectBuilder
 
+from ingest.locate import IDENTITY_KEYS, NOTIFICATION_FIELDS
+
 BATCH_RECORDS = 100_000
 CHUNK_BYTES = 16 << 20
 SAMPLE_BYTES = 1 << 20
@@ -177,7 +179,7 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
 
 
 # Every notification names at least one of these fields, in any shape (JSON keys, flattened CSV headers, logfmt).
-_NOTIFICATION_NAMES = re.compile(rb"notification_type|new_oauth_token|refresh_token|auth_code", re.IGNORECASE)
+_NOTIFICATION_NAMES = re.compile("|".join(NOTIFICATION_FIELDS).encode(), re.IGNORECASE)
 
 
 def _text_sources(name: str, compression: str, stream: BinaryIO, member: bool = False) -> Iterator[Source]:
@@ -948,8 +950,7 @@ def _labels_first(sample: bytes, streams: str, prefix: str) -> bool:
     return False
 
 
-# Labels that name a user (as `ingest.locate.IDENTITY_KEYS`; the reader does not depend on the locator).
-_USER_LABELS = frozenset({"user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr"})
+_USER_LABELS = frozenset(IDENTITY_KEYS)  # labels that name a user
 
 
 def _with_stream_labels(events, streams: str) -> Iterator:

@@ -118,7 +118,7 @@ class Layout:
             found = []
             for steps, in_text in self.identities:
                 if in_text:
-                    found.append(_sql_text_field(raw, steps, True, IDENTITY_IN_TEXT))
+                    found.append(_sql_text_field(raw, steps, True, IDENTITY_IN_TEXT, whole_line=True))
                 else:
                     found.append(f"tt_all[{n}] ->> '$'")
                     n += 1
@@ -126,7 +126,7 @@ class Layout:
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
         time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
-        found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT) for steps, in_text in self.identities]
+        found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT, whole_line=True) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
 
@@ -552,15 +552,16 @@ def _sql_values(raw: str, steps, last_steps) -> str:
     raise AssertionError("unreachable")
 
 
-def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str) -> str:
-    """The first capture group of the first of `patterns` that finds something in the text (the later ones are
-    evaluated only for the rows the earlier ones found nothing in)."""
+def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, whole_line: bool = False) -> str:
+    """The first capture group of the first of `patterns` that finds something in the text before the JSON (the
+    later ones are evaluated only for the rows the earlier ones found nothing in); `whole_line`: failing those,
+    anywhere in the text (a user, as `_identity_in_text`)."""
     if steps is None:
         return "NULL::VARCHAR"
     if not in_text:
         return _sql_value(raw, steps, as_json=False)
     text = _sql_value(raw, steps, as_json=False) if steps else raw
     found = [f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(p)}, 1), '')" for p in patterns]
-    if patterns == (IDENTITY_IN_TEXT,):  # as `_identity_in_text`: before the JSON, else anywhere in the line
-        found.append(f"nullif(regexp_extract({text}, {_sql_str(IDENTITY_IN_TEXT)}, 1), '')")
+    if whole_line:
+        found += [f"nullif(regexp_extract({text}, {_sql_str(p)}, 1), '')" for p in patterns]
     return found[0] if len(found) == 1 else f"coalesce({', '.join(found)})"

@@ -478,6 +478,11 @@ SAME_DELIVERY_S = 5
 SAME_SOURCE_RETRY_S = 8
 
 
+def _pos(alias: str = "") -> str:
+    """A stage row's place in the run (its source, then its record number): the files' order, as one BIGINT."""
+    return f"{alias}source_id::BIGINT * 1099511627776 + {alias}record_no"
+
+
 def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorded: Collection[int] = (), *,
            keep_changed: bool = False) -> None:
     """Fold the stage into the store: new deliveries, their events, the quarantine. One pass each. The
@@ -491,11 +496,11 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     # Rows that are a stored delivery exactly (the same payload at the same time: a file read again) repeat it,
     # whatever else is read: set aside at once, with one join on the delivery id.
     cur.execute(
-        "CREATE OR REPLACE TEMP TABLE tt_exact AS SELECT source_id::BIGINT * 1099511627776 + record_no AS pos "
+        f"CREATE OR REPLACE TEMP TABLE tt_exact AS SELECT {_pos()} AS pos "
         "FROM stage WHERE reason IS NULL "
         + ("AND delivery_id IN (SELECT delivery_id FROM deliveries)" if known else "AND false")
     )
-    exact = "AND source_id::BIGINT * 1099511627776 + record_no NOT IN (SELECT pos FROM tt_exact)" if known else ""
+    exact = f"AND {_pos()} NOT IN (SELECT pos FROM tt_exact)" if known else ""
     # Events with more than one other row in the stage (Tyk's retries, overlapping exports: a few percent), or
     # with deliveries stored already (an export overlapping an earlier one). Only their rows need grouping below;
     # a delivery can only repeat inside one of them.
@@ -527,7 +532,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         f"""
         CREATE OR REPLACE TEMP TABLE tt_clusters AS
         WITH rows AS (
-            SELECT event_id, received_at, source, recorded, source_id::BIGINT * 1099511627776 + record_no AS pos
+            SELECT event_id, received_at, source, recorded, {_pos()} AS pos
             FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
             WHERE reason IS NULL {exact}
             {stored_rows if known else ""}
@@ -592,29 +597,21 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         )
         # the copies at times the store does not hold yet, kept for the runs to come
         cur.execute(
-            """
+            f"""
             INSERT INTO delivery_copies
-            SELECT DISTINCT s.event_id, s.received_at, t.source, $run_id
+            SELECT s.event_id, s.received_at, t.source, $run_id
             FROM stage s JOIN tt_sources t USING (source_id)
             WHERE s.reason IS NULL AND s.received_at IS NOT NULL AND NOT t.recorded
-              AND s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat)
-              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = s.delivery_id)
-              AND s.delivery_id NOT IN (SELECT k.delivery_id FROM stage k WHERE k.reason IS NULL
-                                        AND k.source_id::BIGINT * 1099511627776 + k.record_no
-                                            NOT IN (SELECT pos FROM tt_repeat))
-              AND NOT EXISTS (SELECT 1 FROM delivery_copies c WHERE c.event_id = s.event_id
-                                                                AND c.received_at = s.received_at)
+              AND {_pos("s.")} IN (SELECT pos FROM tt_repeat)
+              AND s.delivery_id NOT IN (SELECT delivery_id FROM deliveries)
+              AND s.delivery_id NOT IN (SELECT delivery_id FROM stage k WHERE k.reason IS NULL
+                                        AND {_pos("k.")} NOT IN (SELECT pos FROM tt_repeat))
+              AND (s.event_id, s.received_at) NOT IN (SELECT (event_id, received_at) FROM delivery_copies)
             QUALIFY row_number() OVER (PARTITION BY s.event_id, s.received_at ORDER BY s.source_id, s.record_no) = 1
             """,
             {"run_id": run_id},
         )
-        cur.execute(
-            """
-            DELETE FROM stage s
-            WHERE s.reason IS NULL
-              AND s.source_id::BIGINT * 1099511627776 + s.record_no IN (SELECT pos FROM tt_repeat)
-            """
-        )
+        cur.execute(f"DELETE FROM stage WHERE reason IS NULL AND {_pos()} IN (SELECT pos FROM tt_repeat)")
     new = dict(cur.execute("SELECT source_id, count(*) FROM stage WHERE reason IS NULL GROUP BY ALL").fetchall())
     for sid, _name, report in sources:
         report.new_deliveries = new.get(sid, 0)

@@ -127,9 +127,3 @@ def test_the_receivers_own_time_and_user_are_found(store, shape):
     chains = cur.execute("SELECT identity, events FROM chains").fetchall()
     assert chains == [("alice", 2)]  # no identity mapping given: the user on the login's record
 
-
-def test_the_reader_knows_the_locators_user_keys():
-    # formats reads Loki's stream labels only when one names a user; it keeps its own copy of the names
-    from ingest import formats, locate
-
-    assert set(locate.IDENTITY_KEYS) == formats._USER_LABELS
