@@ -117,6 +117,7 @@ class Source:
     name: str
     format: str
     batches: Iterator[pa.Table]
+    note: str | None = None  # why a skipped archive member was skipped
 
 
 def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> Iterator[Source]:
@@ -143,11 +144,11 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
             with archive.open(member) as f:
                 try:
                     yield from _text_sources(member_name, "zip", _Seekless(f), member=True)
-                except NotALogExport:
+                except NotALogExport as e:
                     if len(members) == 1:
                         raise
                     # A zip export may carry a manifest or a README beside the logs; skip that member only.
-                    yield Source(member_name, "skipped", iter(()))
+                    yield Source(member_name, "skipped", iter(()), _skipped_why(member_name, e))
         if on_bytes:
             on_bytes(raw.seek(0, io.SEEK_END))
     else:
@@ -237,12 +238,18 @@ def _tar_sources(name: str, compression: str, stream: BinaryIO) -> Iterator[Sour
                         yield source
                 except NotALogExport as e:
                     skipped.append(str(e))
-                    yield Source(member_name, "skipped", iter(()))
+                    yield Source(member_name, "skipped", iter(()), _skipped_why(member_name, e))
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise ReadError(f"{name}: the tar archive ends early or is damaged: {e}") from e
     if not logs:
         why = f" ({skipped[0]})" if len(skipped) == 1 else ""
         raise NotALogExport(f"{name}: the tar archive holds no log export{why}")
+
+
+def _skipped_why(member_name: str, e: NotALogExport) -> str:
+    """The reason a member was skipped, without the member's name in front (the report row names it)."""
+    why = str(e).removeprefix(f"{member_name}: ")
+    return f"skipped: {why}"
 
 
 def _member_sources(name: str, label: str, content: BinaryIO) -> Iterator[Source]:

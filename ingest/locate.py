@@ -30,6 +30,9 @@ from typing import NamedTuple
 
 NOTIFICATION_FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 TOKEN_FIELDS = NOTIFICATION_FIELDS[1:]
+# The reason given to a record with no trace of a notification: in a receiver's own log, the lines it writes
+# about other things (start-up, health checks, access lines).
+NO_NOTIFICATION = "no Tyk notification found in the record"
 _MARKERS = ("notification_type", "oauth_token", "refresh_token")
 
 # Nearest level first; inside a level, this order. Compared lower-cased.
@@ -167,7 +170,7 @@ def locate(text: str) -> Located:
         if any(m in stripped for m in _MARKERS):
             return Located(reason="Tyk field names are there, but not as a notification (notification_type, or two "
                                   "token fields, in one object or under one flattened prefix)")
-        return Located(reason="no Tyk notification found in the record")
+        return Located(reason=NO_NOTIFICATION)
     notif, notif_steps, flat_prefix, listed, chain = found
     if flat_prefix:
         chain = [*chain, *_flat_levels(chain[-1][0], flat_prefix, notif_steps)]

@@ -34,7 +34,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 
 from ingest import lineage
 from ingest.formats import ReadError, open_sources
-from ingest.locate import NOTIFICATION_FIELDS, Layout, learn_layout, locate
+from ingest.locate import NO_NOTIFICATION, NOTIFICATION_FIELDS, Layout, learn_layout, locate
 from ingest.normalize import STAGE_COLUMNS, install_macros, normalize_sql
 from ingest.store import DEFAULT_ACCESS_TTL_S, Store, set_meta
 
@@ -70,6 +70,21 @@ class FileReport:
     unreadable_times: int = 0
     zoneless_times: int = 0  # read as UTC, or in the zone the ingest was given
     error: str | None = None
+    note: str | None = None  # e.g. why an archive member was skipped
+    rejected_reasons: dict[str, int] = field(default_factory=dict)  # reason -> records, most frequent first
+
+
+def rejected_reasons(report: FileReport, most: int = 3) -> str:
+    """The rejected records of a file, by reason, most frequent first: '3: no Tyk notification found ...; 1: ...'."""
+    items = list(report.rejected_reasons.items())
+    parts = [
+        f"{n:,}: {reason}" + (" (other log lines?)" if reason == NO_NOTIFICATION else "")
+        for reason, n in items[:most]
+    ]
+    if len(items) > most:
+        rest = sum(n for _, n in items[most:])
+        parts.append(f"{rest:,}: {len(items) - most} other reasons")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -154,7 +169,7 @@ def ingest(
 
                 try:
                     for source in open_sources(name, fileobj, lambda n, _p=position: _p.__setitem__(0, n)):
-                        report = FileReport(source.name, source.format)
+                        report = FileReport(source.name, source.format, note=source.note)
                         reports.append(report)
                         source_id = len(sources) + 1
                         sources.append((source_id, source.name, report))
@@ -295,6 +310,12 @@ def _count_staged(cur, source_id: int, report: FileReport) -> None:
         [source_id],
     ).fetchall()[0]
     report.rejected, report.untimed, report.unreadable_times, report.zoneless_times = row
+    if report.rejected:
+        report.rejected_reasons = dict(cur.execute(
+            "SELECT reason, count(*) AS n FROM stage WHERE source_id = ? AND reason IS NOT NULL "
+            "GROUP BY reason ORDER BY n DESC, reason",
+            [source_id],
+        ).fetchall())
 
 
 def _stage_prepared(cur, source_id: int, batches: Iterable[pa.Table], report: FileReport) -> None:

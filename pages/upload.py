@@ -19,7 +19,7 @@ from dashboard.components import (
     table,
 )
 from dashboard.context import get_store, invalidate, query
-from ingest.pipeline import IngestReport, ingest, timezones
+from ingest.pipeline import IngestReport, ingest, rejected_reasons, timezones
 from ingest.store import StoreError
 from queries.overview import ingest_history, store_counts
 from queries.summary import quarantine
@@ -35,6 +35,7 @@ REPORT_COLUMNS = {
     "rejected": "rejected",
     "untimed": "untimed",
     "error": "error",
+    "note": "note",
 }
 
 
@@ -161,7 +162,9 @@ def _show_report(report: IngestReport) -> None:
         [{REPORT_COLUMNS[k]: getattr(f, k) for k in REPORT_COLUMNS} for f in report.files],
         columns=list(REPORT_COLUMNS.values()),
     )
-    files[["detected format", "error"]] = files[["detected format", "error"]].fillna("")
+    files[["detected format", "error", "note"]] = files[["detected format", "error", "note"]].fillna("")
+    if not files["note"].any():
+        files = files.drop(columns="note")
     new = int(files["new deliveries"].sum()) if not files.empty else 0
     known = int(files["already stored"].sum()) if not files.empty else 0
     rejected = int(files["rejected"].sum()) if not files.empty else 0
@@ -174,7 +177,10 @@ def _show_report(report: IngestReport) -> None:
     for f in report.files:
         if f.error:
             st.error(f.error if f.path in f.error else f"{f.path}: {f.error}", icon=":material/error:")
-        elif f.unreadable_times:
+        if f.rejected:
+            st.warning(f"{f.path}: {fmt_int(f.rejected)} record{'' if f.rejected == 1 else 's'} rejected. {rejected_reasons(f)}. "
+                       "They are kept in the quarantine below.", icon=":material/report:")
+        if f.unreadable_times:
             st.warning(
                 f"{f.path}: {fmt_int(f.unreadable_times)} records had a time that could not be read; "
                 "they count as untimed."

@@ -7,11 +7,13 @@ gets a clean Streamlit cache, so the store of one test's database never leaks in
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -364,6 +366,26 @@ def test_upload_names_a_file_that_is_not_a_log_export(app, empty_db):
     assert at.error, "a file that is not a log export must be reported"
     assert all("not_a_log.png" in e.value for e in at.error)
     assert all("Traceback" not in e.value for e in at.error)
+
+
+def test_upload_says_why_records_were_rejected_and_members_skipped(app, empty_db, tmp_path):
+    log = (DATA / "exports" / "receiver_plain.jsonl").read_bytes()
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("README.txt", b"Receiver logs of tyk-hook, exported by ops.\n")
+        archive.writestr("hook.log", b"2026-12-03T08:59:00Z INFO listening on :8080\n" + log)
+    at = open_page(app(empty_db), "upload")
+    at.file_uploader[0].set_value([("logs.zip", packed.getvalue(), "application/zip")])
+    at.run()
+    _ingest_button(at).click().run()
+    assert_clean(at)
+    warned = [w.value for w in at.warning if "rejected" in w.value]
+    assert warned == ["logs.zip!hook.log: 1 record rejected. 1: no Tyk notification found in the record "
+                      "(other log lines?). They are kept in the quarantine below."], warned
+    report = at.dataframe[0].value.set_index("file")
+    assert report.loc["logs.zip!README.txt", "detected format"] == "skipped"
+    assert report.loc["logs.zip!README.txt", "note"].startswith("skipped: not a log export"), report
+    assert report.loc["logs.zip!hook.log", "note"] == ""
 
 
 def test_quarantine_is_viewable_and_holds_no_raw_tokens(app, empty_db):

@@ -430,8 +430,40 @@ def test_a_readme_or_manifest_beside_the_logs_is_skipped_not_quarantined(packing
     by_member = {f["path"].rpartition("!")[2]: f for f in report["files"]}
     assert by_member["README.txt"]["format"] == by_member["manifest.json"]["format"] == "skipped", report
     assert (by_member["README.txt"]["rejected"], by_member["manifest.json"]["rejected"]) == (0, 0)
+    # the report says why a member was skipped, and why the broken member's record was rejected
+    assert by_member["README.txt"]["note"] == "skipped: not a log export: no Tyk notification in it (a README or a manifest?)"
+    assert by_member["manifest.json"]["note"].startswith("skipped: not a log export"), report
+    assert by_member["hook.log"]["note"] is None, report
     assert by_member["hook-broken.log"]["rejected"] == 1, report
+    assert list(by_member["hook-broken.log"]["rejected_reasons"].values()) == [1], report
+    assert "truncated" in next(iter(by_member["hook-broken.log"]["rejected_reasons"])), report
     assert _story_of(db, tmp_path) == {**STORY_OF_SIX, "rejected": 1}
+    proc = ok(tokentrail("ingest", packed, "--db", tmp_path / "y.duckdb", cwd=tmp_path))
+    assert f"logs.{packing}!README.txt: skipped: not a log export" in proc.stderr, proc.stderr
+
+
+def test_a_receiver_log_with_other_lines_says_what_was_rejected_and_why(tmp_path):
+    # A receiver's own log holds lines about other things beside the notifications: they are rejected (they are
+    # not notifications) and kept, and the report counts them by reason, so "4 rejected" is not a mystery.
+    body = json.loads((EXPORTS / "receiver_plain.jsonl").read_text().splitlines()[0])["body"]
+    lines = [
+        "2026-12-03T08:59:00Z INFO listening on :8080",
+        "2026-12-03T08:59:30Z INFO GET /healthz 200 0.4ms",
+        f"2026-12-03T09:00:00Z INFO tyk notification {json.dumps(body)}",
+        "2026-12-03T09:00:30Z INFO GET /healthz 200 0.3ms",
+        f"2026-12-03T09:01:00Z INFO tyk notification {json.dumps(body)[:120]}",
+    ]
+    log = tmp_path / "hook.log"
+    log.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", log, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["records"], report["new_deliveries"], report["rejected"]) == (5, 1, 4), report
+    reasons = list(report["rejected_reasons"].items())
+    assert reasons[0] == ("no Tyk notification found in the record", 3), reasons  # most frequent first
+    assert reasons[1][1] == 1 and "truncated" in reasons[1][0], reasons
+    proc = ok(tokentrail("ingest", log, "--db", tmp_path / "y.duckdb", cwd=tmp_path))
+    assert ("hook.log: 4 records rejected. 3: no Tyk notification found in the record (other log lines?); 1: invalid"
+            in proc.stderr), proc.stderr
 
 
 def test_a_readme_on_its_own_is_still_read_line_by_line(tmp_path):

@@ -173,7 +173,7 @@ def _open_store(db: Path, *, must_exist: bool = False, read_only: bool = False):
 
 
 def cmd_ingest(args, db: Path) -> int:
-    from ingest.pipeline import check_timezone, ingest
+    from ingest.pipeline import check_timezone, ingest, rejected_reasons
 
     try:
         zone = check_timezone(args.timezone)
@@ -208,8 +208,11 @@ def cmd_ingest(args, db: Path) -> int:
                   file=sys.stderr)
         elif f.zoneless_times:
             print(f"note: {f.path}: {_plural(f.zoneless_times, 'time')} without a zone {'was' if f.zoneless_times == 1 else 'were'} read as {zone}", file=sys.stderr)
+        if f.note:
+            print(f"note: {f.path}: {f.note}", file=sys.stderr)
         if f.rejected:
-            print(f"note: {f.path}: {_plural(f.rejected, 'record')} rejected; see: tokentrail quarantine --db {db}", file=sys.stderr)
+            print(f"note: {f.path}: {_plural(f.rejected, 'record')} rejected. {rejected_reasons(f)}. "
+                  f"See: tokentrail quarantine --db {db}", file=sys.stderr)
     if report.identities:
         r = report.identities
         if r.error:
