@@ -289,6 +289,8 @@ def sniff(name: str, sample: bytes) -> str:
     for magic, what in _MAGIC.items():
         if sample.startswith(magic):
             raise NotALogExport(f"{name}: not a log export: it is {what}")
+    if sample.startswith(b"__CURSOR="):  # before the binary check: its framing of binary fields holds NUL bytes
+        return "journal-export"
     probe = sample[:65536]
     if b"\x00" in probe or _binary_ratio(probe) > 0.1:
         raise NotALogExport(f"{name}: not a log export: it looks like binary data")
@@ -1109,6 +1111,55 @@ def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         yield batch.table()
 
 
+def _read_journal_export(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """`journalctl -o export`, the journal's own serialization (what systemd-journal-remote takes): entries
+    separated by an empty line, a field per line as `KEY=value`, or, when the value holds a newline or binary
+    data, `KEY` alone on its line, then the value's length as a 64-bit little-endian integer, the value and a
+    newline. Each entry becomes the record `journalctl -o json` would write for it (`__REALTIME_TIMESTAMP`,
+    `MESSAGE`, ...), numbered by the line it starts on (the file's lines, as `sed -n` counts them). An entry cut
+    off inside a binary field is kept with the error, for the quarantine."""
+    raw = io.BufferedReader(stream, 1 << 20) if isinstance(stream, io.RawIOBase) else stream
+    batch = Batch()
+    entry: dict[str, str] = {}
+    line_no = start = 0
+    bad: str | None = None
+
+    def flush() -> None:
+        nonlocal entry, bad
+        if entry or bad:
+            text, err = _as_json(entry, "entry")
+            batch.add(start, text, bad or err)
+        entry, bad = {}, None
+
+    try:
+        while line := raw.readline():
+            line_no += 1
+            field = line.rstrip(b"\r\n")
+            if not field:
+                flush()
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch.table()
+                    batch = Batch()
+                continue
+            if not entry and bad is None:
+                start = line_no
+            key, eq, value = field.partition(b"=")
+            if not eq:  # a binary field: its length, the value, a newline
+                size = raw.read(8)
+                value = raw.read(int.from_bytes(size, "little")) if len(size) == 8 else b""
+                if len(size) < 8 or len(value) < int.from_bytes(size, "little") or raw.read(1) != b"\n":
+                    bad = f"a binary field ({key.decode('utf-8', 'replace')}) is cut off (truncated?)"
+                line_no += (size + value).count(b"\n") + 1  # the value's lines, and the line it ends
+            # bytes that are not UTF-8 in the message are an error, as in any export; in other fields (binary
+            # by nature, some of them) they do not matter
+            entry[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape" if key == b"MESSAGE" else "replace")
+        flush()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after line {line_no}: {e}") from e
+    if len(batch):
+        yield batch.table()
+
+
 def _read_splunk_xml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     """Splunk XML results: `<results><result offset=..><field k=..><value><text>..</text></value>` (several
     `<value>`s for a multi-valued field) or `<v xml:space='preserve'>` for `_raw` (which may hold `<sg>`
@@ -1180,6 +1231,7 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "splunk-xml": _read_splunk_xml,
     "yaml": _read_yaml,
     "aws-text": _read_aws_text,
+    "journal-export": _read_journal_export,
 }
 
 

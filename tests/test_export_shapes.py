@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from ingest.formats import columns_of, records_prefix
@@ -584,3 +585,46 @@ def test_aws_cli_text_with_a_line_that_is_not_utf8(tmp_path):
     rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
     assert [(r["record_no"], "utf-8" in r["reason"].lower()) for r in rows] == [(2, True)], rows
     assert summary(db, tmp_path)["deliveries"] == 5
+
+
+def _journal_export(entries: list[dict[str, bytes]]) -> bytes:
+    """`journalctl -o export`: KEY=value lines; a value with a newline (or not UTF-8) framed as binary."""
+    out = b""
+    for entry in entries:
+        for key, value in entry.items():
+            if b"\n" in value or not _utf8(value):
+                out += key.encode() + b"\n" + len(value).to_bytes(8, "little") + value + b"\n"
+            else:
+                out += key.encode() + b"=" + value + b"\n"
+        out += b"\n"
+    return out
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_a_journal_export_cut_off_in_a_binary_field_keeps_the_entries_before(tmp_path):
+    records = [json.loads(line) for line in (EXPORTS / "journald_json.jsonl").read_text().splitlines()]
+    entries = [{k: v.encode() for k, v in r.items() if k in ("__CURSOR", "__REALTIME_TIMESTAMP", "MESSAGE")}
+               for r in records[:3]]
+    for entry in entries[1:]:  # messages logged on two lines: binary fields
+        entry["MESSAGE"] = entry["MESSAGE"].replace(b" body=", b"\nbody=")
+    entries[1]["_HOSTNAME"] = b"hook-\xff1"  # not UTF-8: binary too; outside the message it does not matter
+    whole = _journal_export(entries)
+    cut = whole[: whole.rindex(b"MESSAGE\n") + len(b"MESSAGE\n") + 8 + 20]  # inside the third entry's message
+    cut_entry_line = whole[: whole.rindex(b"__CURSOR=")].count(b"\n") + 1  # the file's line, as sed counts
+    log = tmp_path / "journal.export"
+    log.write_bytes(cut)
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", log, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert report["format"] == "journal-export", report
+    assert (report["records"], report["new_deliveries"], report["rejected"]) == (3, 2, 1), report
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT record_no, reason FROM quarantine ORDER BY record_no").fetchall()
+    assert [r[0] for r in rows] == [cut_entry_line], rows
+    assert "cut off" in rows[0][1], rows
