@@ -497,6 +497,36 @@ SAME_DELIVERY_S = 5
 # Two rows of one payload in one export this far apart are two deliveries (Tyk's retries: 10 s at the soonest,
 # less a second for an export that keeps whole seconds).
 SAME_SOURCE_RETRY_S = 8
+# Two exports of one receiver's log can stamp its records with different clocks: one with the receiver's time,
+# another with a platform's ingest time, seconds later when its shipper lags. Such a lag shows in the events each
+# export holds once (a delivery Tyk made once, as each export saw it): the median of their time differences.
+# An export whose lag against the export holding the most such events is steady (90% of the differences within
+# CLOCK_SPREAD_S) and at least CLOCK_OFFSET_MIN_S is shifted back by it before copies are grouped, so a lag near
+# or above SAME_DELIVERY_S no longer parts one delivery into two. Only the grouping sees the shift: every row
+# keeps its own time. At least CLOCK_PAIRS_MIN such events are needed to trust a lag.
+CLOCK_OFFSET_MIN_S = 1
+CLOCK_SPREAD_S = 2
+CLOCK_PAIRS_MIN = 5
+
+# The lag of each export (its source name) behind the reference export, in microseconds, over `tt_rows`. A
+# receiver's recorded rows are exact: neither measured nor shifted.
+_CLOCK_OFFSETS = f"""
+CREATE OR REPLACE TEMP TABLE tt_offsets AS
+WITH one AS (
+    SELECT event_id, source, any_value(received_at) AS t FROM tt_rows
+    WHERE received_at IS NOT NULL AND NOT recorded
+    GROUP BY event_id, source HAVING count(*) = 1
+), ref AS (
+    SELECT source FROM one GROUP BY source ORDER BY count(*) DESC, source LIMIT 1
+), lag AS (
+    SELECT o.source, date_diff('microsecond', r.t, o.t) AS d
+    FROM one o JOIN one r USING (event_id)
+    WHERE r.source = (SELECT source FROM ref) AND o.source <> r.source
+)
+SELECT source, median(d)::BIGINT AS shift FROM lag GROUP BY source
+HAVING count(*) >= {CLOCK_PAIRS_MIN} AND abs(median(d)) >= {CLOCK_OFFSET_MIN_S * 1_000_000}
+   AND quantile_cont(d, 0.95) - quantile_cont(d, 0.05) <= {CLOCK_SPREAD_S * 1_000_000}
+"""
 
 
 def _pos(alias: str = "") -> str:
@@ -551,23 +581,32 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
         FROM delivery_copies c SEMI JOIN tt_multi USING (event_id)"""
     cur.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE tt_rows AS
+        SELECT event_id, received_at, source, recorded, {_pos()} AS pos
+        FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
+        WHERE reason IS NULL {exact}
+        {stored_rows if known else ""}
+        """
+    )
+    cur.execute(_CLOCK_OFFSETS)
+    # t: the time on the reference export's clock, for grouping only
+    cur.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE tt_clusters AS
         WITH rows AS (
-            SELECT event_id, received_at, source, recorded, {_pos()} AS pos
-            FROM stage SEMI JOIN tt_multi USING (event_id) JOIN tt_sources USING (source_id)
-            WHERE reason IS NULL {exact}
-            {stored_rows if known else ""}
+            SELECT r.*, r.received_at - to_microseconds(CASE WHEN r.recorded THEN 0 ELSE coalesce(o.shift, 0) END) AS t
+            FROM tt_rows r LEFT JOIN tt_offsets o USING (source)
         ), r AS (
-            SELECT *, lag(received_at) OVER w AS prev, row_number() OVER w AS i,
+            SELECT *, lag(t) OVER w AS prev, row_number() OVER w AS i,
                    recorded OR lag(recorded) OVER w AS exact
             FROM rows
-            WINDOW w AS (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos NULLS FIRST)
+            WINDOW w AS (PARTITION BY event_id ORDER BY t NULLS LAST, pos NULLS FIRST)
         )
         SELECT event_id, received_at, source, recorded, pos,
-               sum((i = 1 OR (received_at IS NULL) <> (prev IS NULL)
-                    OR coalesce(date_diff('microsecond', prev, received_at)
+               sum((i = 1 OR (t IS NULL) <> (prev IS NULL)
+                    OR coalesce(date_diff('microsecond', prev, t)
                                 >= CASE WHEN exact THEN 1 ELSE {SAME_DELIVERY_S * 1_000_000} END, false))::INTEGER)
-                   OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, pos NULLS FIRST) AS cluster
+                   OVER (PARTITION BY event_id ORDER BY t NULLS LAST, pos NULLS FIRST) AS cluster
         FROM r
         """
     )
@@ -669,7 +708,7 @@ def _merge(cur, run_id: int, sources: list[tuple[int, str, FileReport]], recorde
     # the events this run added or changed, for an incremental lineage update
     if keep_changed:  # for lineage.update (live applies: a small stage)
         cur.execute("CREATE OR REPLACE TEMP TABLE tt_changed AS SELECT DISTINCT event_id FROM stage WHERE reason IS NULL")
-    for t in ("tt_exact", "tt_multi", "tt_clusters", "tt_tangled", "tt_repeat", "tt_known", "tt_events", "tt_sources",
+    for t in ("tt_exact", "tt_multi", "tt_rows", "tt_offsets", "tt_clusters", "tt_tangled", "tt_repeat", "tt_known", "tt_events", "tt_sources",
               "tt_users", "stage"):
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 

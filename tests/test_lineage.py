@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,47 @@ def test_copies_that_bridge_a_retry_do_not_merge_it_away(store, order, together)
     # the first delivery's time, as the first of the exports in the run has it (README: known limits)
     first = store.cursor().execute("SELECT first_seen FROM events").fetchall()[0][0]
     assert first.isoformat() == ["2026-12-03T11:46:07.419501", "2026-12-03T11:46:07", "2026-12-03T11:46:12.181879"][order[0]]
+
+
+def _lagging_exports(n: int = 12):
+    """n refreshes delivered once each (one also retried 10 s later), in two exports: Splunk's CSV in whole
+    seconds, and Loki's entry times, the shipper 4.8 s behind. Truncated, the lag is 4.8 to 5.8 s, so half of
+    the pairs are more than SAME_DELIVERY_S apart."""
+    splunk, loki = [], []
+    for i in range(n):
+        b = body("refresh", f"T{i + 2}", f"R{i + 2}", f"R{i + 1}")
+        at = datetime(2026, 12, 3, 10, 0, 0, 100_000 * (i % 10), tzinfo=UTC) + timedelta(minutes=7 * i)
+        times = [at, at + timedelta(seconds=10.3)] if i == 3 else [at]
+        splunk += [record(t.replace(microsecond=0).isoformat(), b) for t in times]
+        loki += [record((t + timedelta(seconds=4.8)).isoformat(), b) for t in times]
+    return splunk, loki
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-run", "a-run-each"])
+@pytest.mark.parametrize("first", [0, 1], ids=["splunk-first", "loki-first"])
+def test_an_export_on_a_lagging_clock_adds_no_delivery(store, first, together):
+    # The lag shows in the events each export holds once: shifted back by it before copies are grouped, the
+    # two exports are one set of deliveries (13: twelve, and the one retry), in either order.
+    exports = _lagging_exports()
+    files = [(f"export-{i}.jsonl", io.BytesIO(jsonl(exports[i]))) for i in (first, 1 - first)]
+    for run in [files] if together else [[f] for f in files]:
+        ingest(store, run)
+    s = summary(store)
+    assert (s["deliveries"], s["events"], s["duplicates"]) == (13, 12, 1), s
+    # the times kept are the first export's own: the shift is for grouping only
+    kept = {t.microsecond for (t,) in store.cursor().execute("SELECT received_at FROM deliveries").fetchall()}
+    assert (kept == {0}) == (first == 0), kept
+
+
+def test_a_lag_that_is_not_steady_is_not_taken_for_a_clock(store):
+    # Delays all over the place (a shipper catching up) are no clock: nothing is shifted, and copies more than
+    # SAME_DELIVERY_S apart stay apart, as before.
+    splunk, loki = _lagging_exports()
+    for i, r in enumerate(loki):
+        at = datetime.fromisoformat(r["received_at"]) + timedelta(seconds=3 * (i % 4))  # 4.8 to 13.8 s behind
+        r["received_at"] = at.isoformat()
+    ingest(store, [("splunk.jsonl", io.BytesIO(jsonl(splunk))), ("loki.jsonl", io.BytesIO(jsonl(loki)))])
+    assert summary(store)["deliveries"] > 13
 
 
 def test_reingest_changes_nothing(store, tmp_path):
