@@ -139,18 +139,26 @@ def open_sources(name: str, raw: BinaryIO, on_bytes: Callable[[int], None] | Non
         members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
         if not members:
             raise NotALogExport(f"{name}: the zip archive is empty")
+        logs, skipped = 0, []
         for member in members:
             member_name = f"{name}!{member.filename}"
             with archive.open(member) as f:
                 try:
-                    yield from _text_sources(member_name, "zip", _Seekless(f), member=True)
+                    # members may be compressed themselves (a zipped CloudWatch S3 export: one .gz per stream)
+                    for source in _member_sources(member_name, "zip", _Seekless(f)):
+                        logs += 1
+                        yield source
                 except NotALogExport as e:
                     if len(members) == 1:
                         raise
                     # A zip export may carry a manifest or a README beside the logs; skip that member only.
+                    skipped.append(str(e))
                     yield Source(member_name, "skipped", iter(()), _skipped_why(member_name, e))
         if on_bytes:
             on_bytes(raw.seek(0, io.SEEK_END))
+        if not logs:
+            why = f" ({skipped[0]})" if len(skipped) == 1 else ""
+            raise NotALogExport(f"{name}: the zip archive holds no log export{why}")
     else:
         yield from _text_sources(name, "", _Counting(raw, on_bytes))
 

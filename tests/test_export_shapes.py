@@ -628,3 +628,29 @@ def test_a_journal_export_cut_off_in_a_binary_field_keeps_the_entries_before(tmp
         rows = con.execute("SELECT record_no, reason FROM quarantine ORDER BY record_no").fetchall()
     assert [r[0] for r in rows] == [cut_entry_line], rows
     assert "cut off" in rows[0][1], rows
+
+
+def test_a_zipped_cloudwatch_s3_export_reads_its_gzip_members(tmp_path):
+    # CloudWatch's export to S3 is a folder: a permission check file, and one 000000.gz per log stream. Zipped
+    # up, each member is itself compressed: it is read as gzip, not skipped as binary.
+    lines = gzip.decompress((EXPORTS / "cloudwatch_s3_export_000000.gz").read_bytes()).splitlines(keepends=True)
+    packed = tmp_path / "export.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("exportTask/aws-logs-write-test", b"Permission Check Successful")
+        archive.writestr("exportTask/stream-a/000000.gz", gzip.compress(b"".join(lines[:3]), mtime=0))
+        archive.writestr("exportTask/stream-b/000000.gz", gzip.compress(b"".join(lines[3:]), mtime=0))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", packed, "--db", db, "--json", cwd=tmp_path)).stdout)
+    formats = {f["path"].rpartition("!")[2]: f["format"] for f in report["files"]}
+    assert formats == {"exportTask/aws-logs-write-test": "skipped", "exportTask/stream-a/000000.gz": "zip/gzip/text",
+                       "exportTask/stream-b/000000.gz": "zip/gzip/text"}, report
+    assert summary(db, tmp_path)["deliveries"] == expected_for(EXPORTS / "cloudwatch_s3_export_000000.gz")["deliveries"]
+
+
+def test_a_zip_holding_no_log_is_one_clear_error(tmp_path):
+    packed = tmp_path / "export.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("README.txt", README)
+        archive.writestr("screenshot.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    proc = ok(tokentrail("ingest", packed, "--db", tmp_path / "x.duckdb", cwd=tmp_path))
+    assert "export.zip: the zip archive holds no log export" in proc.stderr, proc.stderr
