@@ -317,6 +317,10 @@ def sniff(name: str, sample: bytes) -> str:
     if stripped[:1] in "{[":
         complete = [ln.strip() for ln in lines[:3]] if len(probe) < 65536 or len(lines) > 3 else []
         if len(complete) >= 2 and _is_json(complete[0]) and _is_json(complete[1]):
+            if records_prefix(complete[0].encode()):
+                # each line a whole answer holding a list of records (`curl ...; echo` page after page, compact):
+                # read as documents back to back, or all but the first record of each line would be lost
+                return "json-stream"
             return "jsonl"
         one_line_answer = len(lines) == 1 and stripped[0] == "{" and len(lines[0]) > 2048  # not a lone record
         if (len(lines) == 1 and stripped[0] == "{" and len(probe) < 65536 and not one_line_answer

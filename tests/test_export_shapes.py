@@ -654,3 +654,30 @@ def test_a_zip_holding_no_log_is_one_clear_error(tmp_path):
         archive.writestr("screenshot.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     proc = ok(tokentrail("ingest", packed, "--db", tmp_path / "x.duckdb", cwd=tmp_path))
     assert "export.zip: the zip archive holds no log export" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("fixture", ["elasticsearch_scroll_pages.json", "loki_query_range.json"])
+def test_answers_one_per_line_are_read_whole(fixture, tmp_path):
+    # `curl ... ; echo` page after page writes each answer compact, on a line of its own. The lines parse as
+    # JSON Lines would, but each holds a list of records: read as one record a line, all but the first
+    # notification of each page were lost, silently.
+    text = (EXPORTS / fixture).read_text()
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    while at < len(text.rstrip()):
+        doc, at = decoder.raw_decode(text, at)
+        docs.append(doc)
+        while at < len(text) and text[at].isspace():
+            at += 1
+    if len(docs) == 1:  # one answer: split its streams into pages of their own
+        streams = docs[0]["data"]["result"]
+        docs = [{**docs[0], "data": {**docs[0]["data"], "result": [s]}} for s in streams]
+    assert len(docs) >= 2
+    compact = tmp_path / "pages.json"
+    compact.write_text("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in docs))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", compact, "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert report["files"][0]["format"] == "json-stream", report
+    want = expected_for(EXPORTS / fixture)
+    got = summary(db, tmp_path)
+    assert {k: got[k] for k in ("deliveries", "events", "rejected")} == \
+        {k: want[k] for k in ("deliveries", "events", "rejected")}, got
