@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ingest.normalize import ZONE_ABBREVIATIONS
+
 NOTIFICATION_FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 TOKEN_FIELDS = NOTIFICATION_FIELDS[1:]
 # The reason given to a record with no trace of a notification: in a receiver's own log, the lines it writes
@@ -65,13 +67,16 @@ _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 # start with a 19-digit event id, before the time), or the epoch of a Fluent Bit `out_file` line,
 # `tag: [1764752400.123456000, {...}]`.
 TIME_IN_TEXT = (
-    r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b| ?UTC)?"
+    r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b| ?(?:UTC|GMT|"
+    + "|".join(ZONE_ABBREVIATIONS) + r")\b)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
     r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
 )
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
-IDENTITY_IN_TEXT = r"\b(?:user_id|user|sub|identity|username|alias)[=:]\s*\"?([^\s\",}]+)"
+# (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`)
+IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m)?[=:]\s*\"?"
+                    r"([^\s\",}\x1b]+)")
 _TIME_RE = re.compile(TIME_IN_TEXT)
 _EPOCH_RE = re.compile(EPOCH_IN_TEXT)
 _TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
@@ -365,7 +370,10 @@ def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
 # runtime fields: one-item lists, when `_source` leaves a field out) and Loki's stream labels (`labels` in logcli's
 # jsonl, `stream` in the API's answer), where structured metadata such as a user lands. Looked into after the
 # level's own members, before the next level up.
-_SIDECARS = ("fields", "labels", "stream")
+# Likewise a logging library's bag of context beside the message: Datadog's custom `attributes` (beside the
+# `message` of its API's answer), log4j2's `contextMap`, Monolog's `context` and `extra`, .NET's `State` and
+# `Scopes` (a list of them), an `mdc`.
+_SIDECARS = ("fields", "labels", "stream", "attributes", "contextMap", "context", "extra", "mdc", "State", "Scopes")
 
 
 def _at_level(node, candidate):
@@ -374,9 +382,13 @@ def _at_level(node, candidate):
         return found
     for side in _SIDECARS:
         inner = node.get(side)
-        if isinstance(inner, dict) and (found := candidate(inner)) is not None:
-            value, key_steps = found
-            return value, (("k", side), *key_steps)
+        bags = [((), inner)] if isinstance(inner, dict) else []
+        if isinstance(inner, list):
+            bags = [((("i", i),), item) for i, item in enumerate(inner[:8]) if isinstance(item, dict)]
+        for at, bag in bags:
+            if (found := candidate(bag)) is not None:
+                value, key_steps = found
+                return value, (("k", side), *at, *key_steps)
     return None
 
 
@@ -433,6 +445,9 @@ def _time_candidate(node):
     if isinstance(node, list) and len(node) >= 2 and _looks_epoch(node[0]):
         return str(node[0]), (("i", 0),)  # Loki's [timestamp, line]
     best = _ranked_scalar(node, _TIME_KEY_RANK)
+    if best is None and isinstance(node, dict) and isinstance(node.get("instant"), dict) \
+            and "epochSecond" in node["instant"]:  # log4j2's JsonLayout: {"epochSecond": ..., "nanoOfSecond": ...}
+        return json.dumps(node["instant"], separators=(",", ":")), (("k", "instant"),)
     return None if best is None else (str(best[2]), best[1])
 
 
@@ -449,14 +464,28 @@ def _ingest_time_candidate(node):
     return None if best is None else (str(best[2]), best[1])
 
 
+def _identity_rank(key) -> tuple[int, str | None] | None:
+    """The rank of a user key, and the member it names when it is flattened: `user_id`, `@user_id`; ECS's
+    `user.name` as a key of its own (Kibana's CSV, a dotted key in `_source`), Datadog's `@usr.id`."""
+    k = str(key).lower().lstrip("@")
+    if k in _IDENTITY_RANK:
+        return _IDENTITY_RANK[k], None
+    for sep in (".", "/", ":"):
+        head, found, tail = k.partition(sep)
+        if found and head in _IDENTITY_RANK and tail in _IDENTITY_SUBKEYS:
+            return _IDENTITY_RANK[head], tail
+    return None
+
+
 def _identity_candidate(node):
     if not isinstance(node, dict):
         return None
     best = None
     for key, value in node.items():
-        r = _IDENTITY_RANK.get(str(key).lower())
-        if r is None:
+        ranked = _identity_rank(key)
+        if ranked is None:
             continue
+        r = ranked[0]
         value, sub = _one_value(value)
         if isinstance(value, dict):
             inner = next((k for k in _IDENTITY_SUBKEYS if isinstance(value.get(k), str | int) and str(value[k])), None)

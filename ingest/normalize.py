@@ -18,6 +18,15 @@ import duckdb
 from ingest import fingerprint
 
 # Macros: one time parser for every source and the excerpt mask (the fingerprints: `ingest.fingerprint`).
+# Zone abbreviations a server's local time is written with, and their offsets: only those with one common meaning.
+ZONE_ABBREVIATIONS = {
+    "WET": "+00:00", "WEST": "+01:00", "BST": "+01:00", "CET": "+01:00", "CEST": "+02:00", "EET": "+02:00",
+    "EEST": "+03:00", "MSK": "+03:00", "EST": "-05:00", "EDT": "-04:00", "CDT": "-05:00", "MST": "-07:00",
+    "MDT": "-06:00", "PST": "-08:00", "PDT": "-07:00", "AKST": "-09:00", "AKDT": "-08:00", "HST": "-10:00",
+    "JST": "+09:00", "KST": "+09:00", "HKT": "+08:00", "SGT": "+08:00", "AWST": "+08:00", "ACST": "+09:30",
+    "ACDT": "+10:30", "AEST": "+10:00", "AEDT": "+11:00", "NZST": "+12:00", "NZDT": "+13:00",
+}
+
 MACROS = r"""
 -- Placeholders log platforms write for "no value" (ClickHouse \N, Kibana's escaped '-, ...): not a value.
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
@@ -52,6 +61,10 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             tt_yearless(regexp_replace(regexp_replace(s, '[.][0-9]+$', ''), ' +', ' ', 'g'))
             + to_microseconds(floor(('0' || regexp_extract(s, '[.][0-9]+$'))::DECIMAL(38, 9) * 1000000)::BIGINT)
         WHEN regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?') THEN tt_epoch(s::DECIMAL(38, 9))
+        -- log4j2's JsonLayout: "instant": {"epochSecond": 1796288400, "nanoOfSecond": 123456789}
+        WHEN starts_with(s, '{') THEN
+            make_timestamp(try_cast(s ->> '$.epochSecond' AS BIGINT) * 1000000
+                           + coalesce(try_cast(s ->> '$.nanoOfSecond' AS BIGINT), 0) // 1000)
         -- a leap second (23:59:60, as chrony-synced clocks may log one) is the next second's start, as POSIX time has it
         WHEN regexp_matches(s, '[T ][0-9]{2}:[0-9]{2}:60') THEN
             try_cast(regexp_replace(s, '([T ][0-9]{2}:[0-9]{2}):60', '\1:59') AS TIMESTAMPTZ)::TIMESTAMP + INTERVAL 1 SECOND
@@ -60,8 +73,9 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             -- Go's time.Time.String() (zap, logrus, fmt): 2026-12-03 09:00:00.123456789 +0000 UTC
             try_cast(regexp_replace(s, '^([0-9]{4}-[0-9]{2}-[0-9]{2}) ([0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.][0-9]{1,6})?)[0-9]* ([+-][0-9]{2})([0-9]{2})(?: [A-Za-z]+)?$',
                                     '\1T\2\3:\4') AS TIMESTAMPTZ)::TIMESTAMP,
-            try_strptime(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '),
-                ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
+            -- (a fraction past microseconds, as Kibana writes a date_nanos field, is cut, as ISO's is)
+            try_strptime(regexp_replace(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '), '([.][0-9]{6})[0-9]+$', '\1'),
+                ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%b %d, %Y @ %H:%M:%S.%f', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
                  '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',
                  '%m/%d/%Y, %I:%M:%S.%g %p', '%m/%d/%Y, %I:%M:%S %p',
                  '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g',
@@ -70,14 +84,22 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
                              '%Y-%m-%d %H:%M:%S.%g %z', '%Y-%m-%d %H:%M:%S %z'])::TIMESTAMP,
             try_strptime(regexp_replace(s, ' (GMT|UTC)$', ''), ['%a, %d %b %Y %H:%M:%S', '%a %d %b %Y %H:%M:%S']))
     END;
+-- A zone abbreviation at the end (journalctl's default and short-full output: `2026-11-17 09:15:02 CET`) as its
+-- offset. DuckDB's own reading of abbreviations takes them for zone names where one matches (BST: Bangladesh) and
+-- knows no summer ones (CEST); ambiguous ones (CST, IST) are not read, so the time counts as written without a
+-- zone. Only a time ending in a capital letter other than Z pays for the look-up.
+CREATE OR REPLACE TEMP MACRO tt_abbrev(s) AS
+    CASE WHEN s[-1] BETWEEN 'A' AND 'Y' THEN
+        coalesce(regexp_replace(s, ' ?[A-Z]{3,5}$', '') || MAP {ZONE_ABBREVIATIONS}[regexp_extract(s, '[A-Z]{3,5}$')], s)
+    ELSE s END;
 -- ISO 8601 first (the common case, and cheap); the slower patterns only for what it cannot read.
 CREATE OR REPLACE TEMP MACRO tt_time_any(s) AS
-    coalesce(try_cast(s AS TIMESTAMPTZ)::TIMESTAMP, tt_time_other(s));
+    coalesce(try_cast(tt_abbrev(s) AS TIMESTAMPTZ)::TIMESTAMP, tt_time_other(s));
 -- A time written with its zone (Z, +01:00, -0500, UTC, GMT, Go's `+0100 CET`, an IANA name) or as an epoch number
 -- says which instant it is.
 CREATE OR REPLACE TEMP MACRO tt_has_zone(s) AS
     regexp_matches(s, '(?i)([0-9]z|utc|gmt|[+-][0-9]{2}(:?[0-9]{2})?( [a-z]+)?|[a-z]+/[a-z_]+)$')
-    OR regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?');
+    OR regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?') OR starts_with(s, '{') OR tt_abbrev(s) <> s;
 -- Times without a zone are UTC, unless the ingest was told the zone the export wrote them in (`tt_tz`, from
 -- --timezone: Kibana's and Splunk's CSVs, for one, write the browser's local time and no zone). Without it this
 -- is one test per batch of rows.
@@ -103,6 +125,10 @@ CREATE OR REPLACE TEMP MACRO tt_type_name(t) AS
     CASE t WHEN 'OBJECT' THEN 'an object' WHEN 'ARRAY' THEN 'an array' WHEN 'BOOLEAN' THEN 'a boolean'
            ELSE 'a number' END;
 """
+
+MACROS = MACROS.replace(
+    "MAP {ZONE_ABBREVIATIONS}", "MAP {" + ", ".join(f"'{k}': '{v}'" for k, v in ZONE_ABBREVIATIONS.items()) + "}"
+)
 
 EXCERPT_CHARS = 240
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 
 import pytest
 
@@ -96,6 +97,27 @@ def _loki_api_streams() -> bytes:
     return json.dumps({"status": "success", "data": {"resultType": "streams", "result": result}}).encode()
 
 
+def _rows(make) -> bytes:
+    """JSON Lines of the login (user alice) and the refresh, each record made by `make(body, received, user)`."""
+    return "".join(json.dumps(make(b, received, user)) + "\n"
+                   for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode()
+
+
+def _ecs_csv(user_column: str, time_column: str) -> bytes:
+    # a flattened export whose user is a dotted column of its own: ECS `user.name`, Datadog's `@usr.id`
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([time_column, "received_at", user_column, *(f"body.{k}" for k in LOGIN)])
+    for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"), (REFRESH, RECEIVED[1], SHIPPED[1], "")):
+        w.writerow([shipped, received, user, *b.values()])
+    return out.getvalue().encode()
+
+
+def _epoch_instant(iso: str) -> dict:
+    t = datetime.fromisoformat(iso)
+    return {"epochSecond": int(t.timestamp()), "nanoOfSecond": t.microsecond * 1000}
+
+
 SHAPES = {
     "text line, user_id=": _text_lines,
     "logfmt, quoted body": _logfmt,
@@ -114,6 +136,40 @@ SHAPES = {
     "graylog csv body_*": lambda: _flat_csv("timestamp", "", {"source": "hook-1"}, sep="_"),
     # BigQuery legacy SQL flattens a Cloud Logging sink table the same way
     "bigquery csv jsonPayload_body_*": lambda: _flat_csv("timestamp", "jsonPayload_", {"severity": "INFO"}, sep="_"),
+    "kibana csv: ECS user.name column": lambda: _ecs_csv("user.name", "@timestamp"),
+    "datadog csv: @usr.id column": lambda: _ecs_csv("@usr.id", "Date"),
+    "elasticsearch: a dotted user.name key in _source": lambda: json.dumps({"hits": {"hits": [
+        {"_id": str(i), "_source": {"@timestamp": shipped, "received_at": received, "body": b,
+                                    **({"user.name": user} if user else {})}}
+        for i, (b, received, shipped, user) in enumerate(((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
+                                                          (REFRESH, RECEIVED[1], SHIPPED[1], None)))]}}).encode(),
+    # Datadog's logs API v2: the log line in attributes.message, custom attributes (usr.id) in attributes.attributes
+    "datadog api v2: the user in attributes.attributes.usr": lambda: json.dumps({"data": [
+        {"id": f"AQ{i}", "type": "log", "attributes": {
+            "timestamp": shipped, "service": "tyk-hook",
+            "message": f"{received} INFO tyk oauth notification {json.dumps(b)}",
+            "attributes": {"status": "info", **({"usr": {"id": user}} if user else {})}}}
+        for i, (b, received, shipped, user) in enumerate(((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
+                                                          (REFRESH, RECEIVED[1], SHIPPED[1], None)))]}).encode(),
+    # log4j2's JsonLayout: the time as an `instant` object, the MDC in `contextMap`
+    "log4j2 JsonLayout: instant and contextMap": lambda: _rows(lambda b, received, user: {
+        "instant": _epoch_instant(received), "thread": "http-nio-8080-exec-3", "level": "INFO",
+        "loggerName": "com.acme.hook.Notify", "message": f"tyk oauth notification {json.dumps(b)}",
+        "endOfBatch": False, "contextMap": {"user_id": user} if user else {}}),
+    # .NET's JSON console logger with scopes on: the user in one of the Scopes
+    ".NET json console: the user in a scope": lambda: _rows(lambda b, received, user: {
+        "Timestamp": received, "EventId": 0, "LogLevel": "Information", "Category": "Hook.NotifyController",
+        "Message": f"tyk oauth notification {json.dumps(b)}", "State": {"{OriginalFormat}": "tyk oauth notification {Body}"},
+        "Scopes": [{"Message": "RequestId:0HN1", "RequestId": "0HN1"}, *([{"user_id": user}] if user else [])]}),
+    # Monolog's JsonFormatter: the user in `context`
+    "monolog json: the user in context": lambda: _rows(lambda b, received, user: {
+        "message": f"tyk oauth notification {json.dumps(b)}", "context": {"user_id": user} if user else {},
+        "level": 200, "level_name": "INFO", "channel": "hook", "datetime": received, "extra": {}}),
+    # logrus on a terminal (or with ForceColors): colour codes around every key
+    "logrus text with colours": lambda: "".join(
+        f"{received} \x1b[36mINFO\x1b[0m tyk oauth notification \x1b[36mbody\x1b[0m={json.dumps(json.dumps(b))}"
+        + (f" \x1b[36muser_id\x1b[0m={user}" if user else "") + "\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
 }
 
 

@@ -35,6 +35,11 @@ TIMES = [
     ("12/03/2026 09:00:00", "2026-12-03 09:00:00"),  # US display form
     ("12/3/2026, 9:00:00.123 AM", "2026-12-03 09:00:00.123000"),  # Azure portal's CSV export
     ("2026-12-31T23:59:60.330127Z", "2027-01-01 00:00:00.330127"),  # a leap second: the next second's start
+    ("Dec 3, 2026 @ 09:00:00.123456789", "2026-12-03 09:00:00.123456"),  # Kibana CSV of a date_nanos field
+    ("2026-12-03 10:00:00 CET", "2026-12-03 09:00:00"),  # journalctl's local time, a zone abbreviation
+    ("2026-07-03 11:00:00.5 CEST", "2026-07-03 09:00:00.500000"),  # ... in summer (DuckDB alone cannot read it)
+    ("2026-07-03 10:00:00 BST", "2026-07-03 09:00:00"),  # British Summer Time, not Bangladesh's
+    ("2026-12-03 01:00:00 PST", "2026-12-03 09:00:00"),
 ]
 
 
@@ -57,6 +62,7 @@ TIME_FIELDS = [
     ("dt", "2026-12-03 09:00:00.123456 UTC", "2026-12-03 09:00:00.123456"),  # Better Stack
     ("asctime", "2026-12-03 09:00:00,123", "2026-12-03 09:00:00.123000"),  # python-json-logger
     ("timeMillis", 1796288400123, "2026-12-03 09:00:00.123000"),  # log4j2's JsonLayout
+    ("instant", {"epochSecond": 1796288400, "nanoOfSecond": 123456789}, "2026-12-03 09:00:00.123456"),  # ... 2.11+
 ]
 
 
@@ -131,7 +137,7 @@ def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_pat
 # The TIMES above that carry no zone: Kibana's and Splunk's CSVs, Python logging, US display forms. Only these
 # move; a time with a zone, an offset or a zone name, and an epoch number, is one instant whatever the option.
 ZONELESS = {"2026-12-03 09:00:00.123456", "2026-12-03 09:00:00,123", "Dec 3, 2026 @ 09:00:00.123",
-            "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM"}
+            "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM", "Dec 3, 2026 @ 09:00:00.123456789"}
 
 
 @pytest.mark.parametrize(("text", "utc"), TIMES, ids=[t for t, _ in TIMES])
@@ -175,10 +181,12 @@ TEXT_LINES = [
      "User\tInfo\ttyk-hook\ttyk oauth notification ", "2026-12-03 09:00:00.000000"),
     # ... and an epoch at the start of a line still reads when nothing else in the line is a time
     ("1796288400.123456 tyk-hook tyk oauth notification ", "2026-12-03 09:00:00.123456"),
+    # journalctl -o short-full (and the default with --utc off): local time with the zone's abbreviation
+    ("Thu 2026-12-03 10:00:00 CET hook-1 tyk-hook[812]: tyk oauth notification body=", "2026-12-03 09:00:00.000000"),
 ]
 
 
-@pytest.mark.parametrize(("start", "utc"), TEXT_LINES, ids=["short-precise", "papertrail", "epoch-first"])
+@pytest.mark.parametrize(("start", "utc"), TEXT_LINES, ids=["short-precise", "papertrail", "epoch-first", "short-full"])
 def test_times_in_text_lines(store, tmp_path, start, utc):
     path = tmp_path / "hook.log"
     path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
