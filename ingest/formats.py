@@ -343,12 +343,30 @@ def sniff(name: str, sample: bytes) -> str:
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
     if _is_yaml_stream(lines[:40]):
         return "yaml"
-    if lines and lines[0].startswith("EVENTS\t"):
+    if lines and (lines[0].startswith("EVENTS\t") or any(ln.startswith("RESULTS\t") for ln in lines[:3])):
         return "aws-text"
     dialect = _csv_dialect(lines[:400])
     if dialect:
         return dialect
+    if _spans_lines(lines[:2000]):
+        return "text-multiline"
     return "text"
+
+
+# The start of a log line: a time (ISO-like, Go's log package, classic syslog, bracketed) or an epoch number.
+_RECORD_START = re.compile(
+    r"^\[?(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\d{4}/\d{2}/\d{2} \d{2}:\d{2}|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}|\d{10,19}\b)"
+)
+
+
+def _spans_lines(lines: list[str]) -> bool:
+    """Text whose records span several lines: each begins with a time, and a notification's own field names sit
+    on lines of their own (`aws logs tail --format json` pretty-prints a JSON message under its time and stream).
+    Lines that only continue a record (a stack trace) are not enough: read line by line as before."""
+    if not lines or not _RECORD_START.match(lines[0]):
+        return False
+    rest = [ln for ln in lines if not _RECORD_START.match(ln)]
+    return bool(rest) and any(m in ln for ln in rest for m in NOTIFICATION_MARKERS)
 
 
 _YAML_KEY = re.compile(r"^\s*(- )?[A-Za-z_@][\w@.\-/]*:(\s|$)")
@@ -1091,18 +1109,73 @@ def _read_yaml(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         yield batch.table()
 
 
+# Longest record the multi-line reader gathers: past it, the lines that follow start records of their own.
+MULTILINE_MAX_LINES = 5000
+
+
+def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
+    """Text whose records span lines (see `_spans_lines`): a record is a line that starts with a time and the
+    lines after it that do not, joined, numbered by its first line."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=None)
+    batch = Batch()
+    record: list[str] = []
+    start = line_no = 0
+
+    def flush() -> None:
+        if record and any(ln.strip() for ln in record):
+            batch.add(start, *_as_json_text("".join(record)))
+
+    try:
+        for line_no, line in enumerate(text, 1):
+            if _RECORD_START.match(line) or not record or len(record) >= MULTILINE_MAX_LINES:
+                flush()
+                record, start = [line], line_no
+                if len(batch) >= BATCH_RECORDS:
+                    yield batch.table()
+                    batch = Batch()
+            else:
+                record.append(line)
+        flush()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise ReadError(f"{name}: the file ends early or is damaged after line {line_no}: {e}") from e
+    if len(batch):
+        yield batch.table()
+
+
+def _as_json_text(text: str) -> tuple[str, str | None]:
+    """Text decoded with errors="surrogateescape", and an error when it held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text, None
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "invalid UTF-8 in the record"
+
+
 def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
     """`aws logs filter-log-events` / `get-log-events` with `--output text` (a common default in ~/.aws/config):
     one `EVENTS` line per log event, its fields tab-separated in alphabetical order (eventId, ingestionTime,
     logStreamName, message, timestamp; get-log-events has no eventId or logStreamName). The message is the field
-    before the timestamp (tabs inside it are rejoined). Other lines (`SEARCHEDLOGSTREAMS`, `NEXTTOKEN`...) are
-    the command's own metadata, not log records."""
+    before the timestamp (tabs inside it are rejoined). `get-query-results` writes `RESULTS field value` lines
+    instead, a result's fields one after another. Other lines (`SEARCHEDLOGSTREAMS`, `NEXTTOKEN`, the query's
+    status, `STATISTICS`...) are the command's own metadata, not log records."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=None)
     batch = Batch()
     line_no = 0
+    row: dict[str, str] = {}  # get-query-results: a result's field/value lines, gathered
+    row_start = 0
     try:
         for line_no, line in enumerate(text, 1):
             fields = line.rstrip("\r\n").split("\t")
+            if fields[0] == "RESULTS" and len(fields) >= 3:
+                # `aws logs get-query-results --output text`: a `RESULTS field value` line per field of a result;
+                # a field seen again starts the next result (a field with no value is left out)
+                if fields[1] in row:
+                    batch.add(row_start, *_as_json(row, "result"))
+                    row = {}
+                if not row:
+                    row_start = line_no
+                row[fields[1]] = "\t".join(fields[2:])
+                continue
             if fields[0] != "EVENTS":
                 continue
             if len(fields) < 4:
@@ -1117,6 +1190,8 @@ def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             if len(batch) >= BATCH_RECORDS:
                 yield batch.table()
                 batch = Batch()
+        if row:
+            batch.add(row_start, *_as_json(row, "result"))
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise ReadError(f"{name}: the file ends early or is damaged after line {line_no}: {e}") from e
     if len(batch):
@@ -1243,6 +1318,7 @@ _READERS: dict[str, Callable[[str, BinaryIO], Iterator[pa.Table]]] = {
     "splunk-xml": _read_splunk_xml,
     "yaml": _read_yaml,
     "aws-text": _read_aws_text,
+    "text-multiline": _read_multiline,
     "journal-export": _read_journal_export,
 }
 

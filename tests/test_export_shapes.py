@@ -681,3 +681,17 @@ def test_answers_one_per_line_are_read_whole(fixture, tmp_path):
     got = summary(db, tmp_path)
     assert {k: got[k] for k in ("deliveries", "events", "rejected")} == \
         {k: want[k] for k in ("deliveries", "events", "rejected")}, got
+
+
+def test_continuation_lines_without_a_notification_keep_text_line_by_line(tmp_path):
+    # A stack trace under an error line continues that line, but holds no notification: the file is still read a
+    # line at a time (each trace line kept in the quarantine, as before), not gathered into multi-line records.
+    log = (EXPORTS / "receiver_text.log").read_text().splitlines(keepends=True)
+    trace = ["2026-12-03T10:30:00.000Z ERROR handler failed\n", "Traceback (most recent call last):\n",
+             '  File "hook.py", line 12, in notify\n', "ValueError: boom\n"]
+    path = tmp_path / "hook.log"
+    path.write_text("".join(log[:2] + trace + log[2:]))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert report["format"] == "text", report
+    assert (report["records"], report["rejected"]) == (len(log) + 4, 4), report
