@@ -12,6 +12,7 @@ A file that is not a log export is reported (with its name) and skipped; the oth
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -94,6 +95,7 @@ class IdentityReport:
     mapped: int = 0
     rejected_lines: list[int] = field(default_factory=list)
     error: str | None = None
+    encoding: str = "utf-8"  # windows-1252 for a spreadsheet's CSV that is not UTF-8
 
 
 @dataclass
@@ -410,12 +412,26 @@ SELECT $sid::INTEGER AS source_id, *, tt_delivery_id(event_id, received_at) AS d
 """
 
 
+def _identity_text(data: bytes, report: IdentityReport) -> str:
+    """An identity mapping's text. Spreadsheets save CSV in the system's code page (Excel on Windows:
+    Windows-1252, `jürgen` as one byte per letter), not UTF-8: a file that is not UTF-8 is read as that, and
+    the report says so; UTF-16 with its byte order mark (Excel's "Unicode text") is read as such."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        report.encoding = "utf-16"
+        return data.decode("utf-16", errors="replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        report.encoding = "windows-1252"
+        return data.decode("cp1252", errors="replace")
+
+
 def _stage_identities(cur, key: str, item: Input) -> IdentityReport:
     name, fileobj, owned = _open(item)
     report = IdentityReport(name)
     cur.execute("CREATE OR REPLACE TEMP TABLE stage_identities (auth_code_fp UHUGEINT, identity VARCHAR, line BIGINT)")
     try:
-        text = io.TextIOWrapper(fileobj, encoding="utf-8-sig", errors="replace", newline="")
+        text = io.StringIO(_identity_text(fileobj.read(), report), newline="")
         header, reader, lines_before = _identity_header(text)
         code_col = next((header.index(c) for c in _IDENTITY_CODE_COLUMNS if c in header), None)
         user_col = next((header.index(c) for c in _IDENTITY_USER_COLUMNS if c in header), None)

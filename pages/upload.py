@@ -204,8 +204,9 @@ def _show_report(report: IngestReport) -> None:
                 if r.rejected_lines
                 else ""
             )
+            read_as = " (not UTF-8: read as Windows-1252, as Excel saves CSV)" if r.encoding == "windows-1252" else ""
             st.success(
-                f"Identity mapping {r.path}: {fmt_int(r.mapped)} auth codes mapped{skipped}.",
+                f"Identity mapping {r.path}: {fmt_int(r.mapped)} auth codes mapped{read_as}{skipped}.",
                 icon=":material/badge:",
             )
     if not files.empty:

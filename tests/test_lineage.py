@@ -70,6 +70,19 @@ def test_identity_mappings_as_spreadsheets_save_them(store, mapping):
     assert [c["events"] for c in chains_for_identity(store, "frank@example.com")] == [1]
 
 
+@pytest.mark.parametrize(("encoding", "read_as"), [("utf-8", "utf-8"), ("cp1252", "windows-1252"), ("utf-16", "utf-16")],
+                         ids=["utf-8", "excel-csv-windows-1252", "excel-unicode-text"])
+def test_identity_mappings_in_the_encodings_spreadsheets_save(store, encoding, read_as):
+    # Excel on Windows saves "CSV" in the code page (one byte per umlaut), "Unicode text" as UTF-16 with tabs
+    load(store, [record("2026-12-03T09:00:00Z", body("new", "T1", "R1", code="CODE-1"))])
+    text = "auth_code;user_id\r\nCODE-1;jürgen.müller@example.de\r\n"
+    if encoding == "utf-16":
+        text = text.replace(";", "\t")
+    report = ingest(store, [], identities=("users.csv", io.BytesIO(text.encode(encoding))))
+    assert (report.identities.mapped, report.identities.encoding) == (1, read_as)
+    assert [c["events"] for c in chains_for_identity(store, "jürgen.müller@example.de")] == [1]
+
+
 def test_identity_mapping_rows_without_a_user_are_named_by_their_line(store):
     mapping = b"sep=,\ncode,user\nCODE-1,frank\nCODE-2,\n\nCODE-3,gina\n"
     report = ingest(store, [], identities=("users.csv", io.BytesIO(mapping)))

@@ -219,6 +219,7 @@ def cmd_ingest(args, db: Path) -> int:
             print(f"error: {r.error}", file=sys.stderr)
         else:
             print(f"identities: {r.mapped} auth codes mapped from {r.path}"
+                  + (f" (not UTF-8: read as {r.encoding})" if r.encoding == "windows-1252" else "")
                   + (f"; rows skipped (empty code or user) at lines {r.rejected_lines[:10]}" if r.rejected_lines else ""))
     print(f"done in {report.seconds:.1f}s -> {db}")
     return 0
