@@ -213,6 +213,12 @@ def _text_sources(name: str, compression: str, stream: BinaryIO, member: bool = 
         sample = _read_up_to(stream, SAMPLE_BYTES)
         prefix += "utf-16/"
     fmt = sniff(name, sample)
+    if fmt in _CSV_FORMATS and not encoding and _code_page(sample):
+        # a CSV export opened and saved again in Excel on Windows: its code page, not UTF-8 (`amélie` in one byte
+        # a letter). Only a CSV, and only when nothing in it is UTF-8: a log with a bad line is not re-read.
+        stream = _Transcoded(_Rewound(sample, stream), "cp1252")
+        sample = _read_up_to(stream, SAMPLE_BYTES)
+        prefix += "windows-1252/"
     if member and len(sample) < SAMPLE_BYTES and not _NOTIFICATION_NAMES.search(sample):
         raise NotALogExport(f"{name}: not a log export: no Tyk notification in it (a README or a manifest?)")
     yield Source(name, prefix + fmt, _then_whole(name, _READERS[fmt](name, _Rewound(sample, stream)), decompressed))
@@ -269,6 +275,32 @@ def _member_sources(name: str, label: str, content: BinaryIO) -> Iterator[Source
         yield from _text_sources(name, f"{label}/{inner}", decompress(stream), member=True)
     else:
         yield from _text_sources(name, label, stream, member=True)
+
+
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
+_HIGH_RUN = re.compile(rb"[\x80-\xff]+")
+# Windows-1252's letters: Š Œ Ž š œ ž Ÿ, and À-ÿ but × and ÷
+_CP1252_LETTERS = re.compile(rb"[\x8a\x8c\x8e\x9a\x9c\x9e\x9f\xc0-\xd6\xd8-\xf6\xf8-\xff]{1,3}")
+
+
+def _code_page(sample: bytes) -> bool:
+    """Text in Windows-1252 rather than UTF-8: no UTF-8 sequence of more than one byte, and every run of bytes
+    that are not ASCII one to three letters beside an ASCII letter (`am\xe9lie`, `M\xfcller`, `Jos\xe9`). Others
+    (`\xe9\xff` between spaces) are damage: the file is read as UTF-8 and their records are quarantined."""
+    try:
+        sample.decode("utf-8")
+        return False
+    except UnicodeDecodeError as e:
+        if e.start >= len(sample) - 3 and e.reason == "unexpected end of data":
+            return False  # the sample ends inside a character: UTF-8 after all
+    if _UTF8_MULTIBYTE.search(sample):
+        return False
+
+    def in_a_word(m: re.Match) -> bool:
+        before, after = sample[m.start() - 1 : m.start()], sample[m.end() : m.end() + 1]
+        return bool(_CP1252_LETTERS.fullmatch(m.group(0))) and (before.isalpha() or after.isalpha())
+
+    return all(in_a_word(m) for m in _HIGH_RUN.finditer(sample))
 
 
 def _utf16(sample: bytes) -> str | None:
@@ -431,6 +463,7 @@ def _json_values(sample: bytes) -> int:
 # Excel's delimiter hint, the first line of CSV files saved for (or by) it: sep=;
 _SEP_HINT = re.compile(r'^"?sep=(.)"?$')
 _BY_DELIMITER = {"\t": "tsv", ",": "csv", ";": "csv;"}
+_CSV_FORMATS = frozenset(_BY_DELIMITER.values())
 
 
 def _csv_dialect(lines: list[str]) -> str | None:

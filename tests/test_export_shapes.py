@@ -695,3 +695,25 @@ def test_continuation_lines_without_a_notification_keep_text_line_by_line(tmp_pa
     report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
     assert report["format"] == "text", report
     assert (report["records"], report["rejected"]) == (len(log) + 4, 4), report
+
+
+def test_a_csv_saved_again_by_excel_is_read_in_its_code_page(tmp_path):
+    # Opened and saved in Excel on Windows, a CSV export is in Windows-1252: `amélie` in one byte a letter. Read
+    # as UTF-8, her login row was quarantined and her chain lost its identity.
+    text = (EXPORTS / "datadog_explorer.csv").read_text(encoding="utf-8").replace("alice", "amélie")
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode("cp1252"))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["format"], report["rejected"]) == ("windows-1252/csv", 0), report
+    chains = json.loads(ok(tokentrail("chains", "--identity", "amélie", "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert len(chains) == 1, chains
+
+
+def test_a_utf8_csv_with_one_bad_row_still_quarantines_that_row(tmp_path):
+    lines = (EXPORTS / "datadog_explorer.csv").read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"tyk", b"tyk \xe9\xff", 1)
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"".join(lines))
+    report = json.loads(ok(tokentrail("ingest", path, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
+    assert (report["files"][0]["format"], report["files"][0]["rejected"]) == ("csv", 1), report
