@@ -330,11 +330,17 @@ def _as_notification(d: dict):
         if isinstance(key, str) and key.endswith("notification_type") and key[-18:-17] in _FLAT_JOINERS:
             prefix = key[: -len("notification_type")]
             notif = {f: d[prefix + f] for f in NOTIFICATION_FIELDS if prefix + f in d}
-            listed = isinstance(notif["notification_type"], list) and len(notif["notification_type"]) == 1
+            # one-item lists (Elasticsearch's `fields`), or a value repeated (Splunk extracting a JSON event twice,
+            # at index and at search time: ["new", "new"])
+            listed = _same_items(notif["notification_type"])
             if listed:
-                notif = {f: v[0] if isinstance(v, list) and len(v) == 1 else v for f, v in notif.items()}
+                notif = {f: v[0] if _same_items(v) else v for f, v in notif.items()}
             return notif, prefix, listed
     return None
+
+
+def _same_items(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(item == value[0] for item in value[1:])
 
 
 class _FlatLevel(dict):
@@ -411,7 +417,7 @@ def _nearest(chain: _Chain, candidate):
 def _one_value(value):
     """A value, or the single item of a one-item list (Elasticsearch's `fields` wraps every value in a list):
     (value, extra steps)."""
-    if isinstance(value, list) and len(value) == 1 and not isinstance(value[0], dict | list):
+    if _same_items(value) and not isinstance(value[0], dict | list):  # (or a value Splunk extracted twice)
         return value[0], (("i", 0),)
     return value, ()
 

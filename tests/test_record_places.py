@@ -165,6 +165,12 @@ SHAPES = {
     "monolog json: the user in context": lambda: _rows(lambda b, received, user: {
         "message": f"tyk oauth notification {json.dumps(b)}", "context": {"user_id": user} if user else {},
         "level": 200, "level_name": "INFO", "channel": "hook", "datetime": received, "extra": {}}),
+    # Splunk extracting a JSON event at index time and again at search time: every field a list of two copies
+    "splunk export: fields extracted twice": lambda: _rows(lambda b, received, user: {"preview": False, "result": {
+        "_raw": json.dumps({"received_at": received, **({"user_id": user} if user else {}), "body": b}),
+        "_time": received[:23] + "+00:00", "received_at": [received, received],
+        **({"user_id": [user, user]} if user else {}),
+        **{f"body.{k}": [v, v] for k, v in b.items() if v}}}),  # (Splunk leaves empty values out)
     # logrus on a terminal (or with ForceColors): colour codes around every key
     "logrus text with colours": lambda: "".join(
         f"{received} \x1b[36mINFO\x1b[0m tyk oauth notification \x1b[36mbody\x1b[0m={json.dumps(json.dumps(b))}"
