@@ -490,6 +490,10 @@ def _csv_dialect(lines: list[str]) -> str | None:
 
 # Grafana Explore's "Download logs" (txt) starts with a summary, then blank lines: part of the format, not records.
 _PREAMBLE = re.compile(r"^(Common labels|Line limit|Total bytes processed|Total lines processed|Summary|Query):")
+# The header of a text table (Elasticsearch SQL's `format=txt`, OpenSearch PPL's raw format): column names
+# between pipes, maybe a rule of dashes under them.
+_TABLE_HEADER = re.compile(r"^ *[@\w.]+(?: *\| *[@\w.]+)+ *\r?\n?$")
+_TABLE_RULE = re.compile(r"^[-=+| ]{3,}\r?\n?$")
 
 
 def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
@@ -514,7 +518,7 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         tail = bytes(memoryview(data)[cut + 1 : end])
         table = _lines_table(memoryview(data)[start : cut + 1], record_no)  # a view: no copy of the chunk
         lines = len(table)
-        if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
+        if first and _starts_with_preamble(table.column("raw")[0].as_py() or ""):
             table = _drop_preamble(table)
         first = False
         record_no += lines
@@ -522,7 +526,7 @@ def _read_lines(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
             yield table
     if tail:
         table = _lines_table(tail + b"\n", record_no)
-        if first and _PREAMBLE.match(table.column("raw")[0].as_py() or ""):
+        if first and _starts_with_preamble(table.column("raw")[0].as_py() or ""):
             table = _drop_preamble(table)
         if len(table):
             yield table
@@ -587,9 +591,15 @@ def _int64_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
+def _starts_with_preamble(line: str) -> bool:
+    return bool(_PREAMBLE.match(line) or _TABLE_HEADER.match(line))
+
+
 def _drop_preamble(table: pa.Table) -> pa.Table:
     texts = table.column("raw").slice(0, 40).to_pylist()
     end = 0
+    if texts and _TABLE_HEADER.match(texts[0]):  # a text table's column names, and the rule under them
+        end = 2 if len(texts) > 1 and _TABLE_RULE.match(texts[1]) else 1
     while end < len(texts) and _PREAMBLE.match(texts[end]):
         end += 1
     while end < len(texts) and not texts[end].strip():

@@ -717,3 +717,18 @@ def test_a_utf8_csv_with_one_bad_row_still_quarantines_that_row(tmp_path):
     path.write_bytes(b"".join(lines))
     report = json.loads(ok(tokentrail("ingest", path, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
     assert (report["files"][0]["format"], report["files"][0]["rejected"]) == ("csv", 1), report
+
+
+@pytest.mark.parametrize("rule", [True, False], ids=["es-sql-txt", "opensearch-ppl-raw"])
+def test_the_header_of_a_text_table_is_not_a_rejected_record(rule, tmp_path):
+    # Elasticsearch SQL's `format=txt` (names between pipes, a rule of dashes) and OpenSearch PPL's raw format
+    # (names between pipes): the header is not a record, so nothing is rejected.
+    rows = [line.split(" ", 1) for line in (EXPORTS / "receiver_text.log").read_text().splitlines()]
+    width = max(len(m) for _, m in rows)
+    lines = [f"{'@timestamp':^24}|{'message':^{width}}"] + (["-" * 24 + "+" + "-" * width] if rule else [])
+    lines += [f"{t:<24}|{m:<{width}}" for t, m in rows]
+    path = tmp_path / "answer.txt"
+    path.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["rejected"], report["new_deliveries"]) == (0, len(rows)), report
