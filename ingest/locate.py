@@ -48,10 +48,13 @@ TIME_KEYS = (
     "timegenerated", "_messagetime", "generated_at", "dt",
     # systemd's journal (`journalctl -o json`): when the process logged it, else when the journal got it (us)
     "_source_realtime_timestamp", "__realtime_timestamp",
+    # OpenTelemetry's log records (OTLP JSON, the collector's file exporter): epoch ns as a string
+    "timeunixnano",
 )
 # A log platform's own ingestion time: used only when no level has one of the above.
 INGEST_TIME_KEYS = (
     "ingestiontime", "receivetimestamp", "_indextime", "observedtimestamp", "@ingested", "ingested", "_receipttime",
+    "observedtimeunixnano",
 )
 IDENTITY_KEYS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr")
 _IDENTITY_SUBKEYS = ("id", "name", "username", "email", "sub")
@@ -390,12 +393,40 @@ def _at_level(node, candidate):
         inner = node.get(side)
         bags = [((), inner)] if isinstance(inner, dict) else []
         if isinstance(inner, list):
-            bags = [((("i", i),), item) for i, item in enumerate(inner[:8]) if isinstance(item, dict)]
+            pairs = _Pairs.of(inner)
+            bags = [((), pairs)] if pairs else [((("i", i),), item) for i, item in enumerate(inner[:8])
+                                                if isinstance(item, dict)]
         for at, bag in bags:
             if (found := candidate(bag)) is not None:
                 value, key_steps = found
+                if isinstance(bag, _Pairs):  # back to where the pair's value is in the list
+                    key_steps = (*bag.steps[key_steps[0][1]], *key_steps[1:])
                 return value, (("k", side), *at, *key_steps)
     return None
+
+
+class _Pairs(dict):
+    """A list of key/value pairs read as the object it stands for: OpenTelemetry's attributes,
+    [{"key": "user_id", "value": {"stringValue": "alice"}}, ...], as {"user_id": "alice"}. `steps` leads from
+    the list to each value."""
+
+    steps: dict[str, tuple]
+
+    @classmethod
+    def of(cls, items: list):
+        if not items or not all(isinstance(i, dict) and isinstance(i.get("key"), str) and "value" in i
+                                for i in items[:50]):
+            return None
+        pairs = cls()
+        pairs.steps = {}
+        for n, item in enumerate(items[:50]):
+            value, inner = item["value"], (("i", n), ("k", "value"))
+            if isinstance(value, dict) and len(value) == 1:  # an OTLP AnyValue: {"stringValue": "alice"}
+                (kind, value), = value.items()
+                inner = (*inner, ("k", kind))
+            pairs.setdefault(item["key"], value)
+            pairs.steps.setdefault(item["key"], inner)
+        return pairs
 
 
 def _nearest(chain: _Chain, candidate):

@@ -113,6 +113,11 @@ def _ecs_csv(user_column: str, time_column: str) -> bytes:
     return out.getvalue().encode()
 
 
+def _epoch_ns(iso: str) -> int:
+    t = datetime.fromisoformat(iso)
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
 def _epoch_instant(iso: str) -> dict:
     t = datetime.fromisoformat(iso)
     return {"epochSecond": int(t.timestamp()), "nanoOfSecond": t.microsecond * 1000}
@@ -171,6 +176,17 @@ SHAPES = {
         "_time": received[:23] + "+00:00", "received_at": [received, received],
         **({"user_id": [user, user]} if user else {}),
         **{f"body.{k}": [v, v] for k, v in b.items() if v}}}),  # (Splunk leaves empty values out)
+    # OpenTelemetry: the collector's file exporter (OTLP JSON, a batch of records a line), the time in epoch ns,
+    # attributes as key/value pairs
+    "opentelemetry collector file": lambda: (json.dumps({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "tyk-hook"}}]},
+        "scopeLogs": [{"scope": {"name": "hook"}, "logRecords": [
+            {"timeUnixNano": str(_epoch_ns(received)), "observedTimeUnixNano": str(_epoch_ns(shipped)),
+             "severityText": "INFO", "body": {"stringValue": json.dumps(b)},
+             "attributes": [{"key": "http.response.status_code", "value": {"intValue": "200"}},
+                            *([{"key": "user_id", "value": {"stringValue": user}}] if user else [])]}
+            for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
+                                               (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
     # logrus on a terminal (or with ForceColors): colour codes around every key
     "logrus text with colours": lambda: "".join(
         f"{received} \x1b[36mINFO\x1b[0m tyk oauth notification \x1b[36mbody\x1b[0m={json.dumps(json.dumps(b))}"
