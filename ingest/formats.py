@@ -393,12 +393,13 @@ _RECORD_START = re.compile(
 
 def _spans_lines(lines: list[str]) -> bool:
     """Text whose records span several lines: each begins with a time, and a notification's own field names sit
-    on lines of their own (`aws logs tail --format json` pretty-prints a JSON message under its time and stream).
-    Lines that only continue a record (a stack trace) are not enough: read line by line as before."""
+    on lines of their own, as fragments of an object (`"notification_type": "new",`: `aws logs tail --format
+    json` pretty-prints a JSON message under its time and stream). Lines that only continue a record (a stack
+    trace), or lines that are records of their own (JSON Lines after a line of text), are read line by line."""
     if not lines or not _RECORD_START.match(lines[0]):
         return False
-    rest = [ln for ln in lines if not _RECORD_START.match(ln)]
-    return bool(rest) and any(m in ln for ln in rest for m in NOTIFICATION_MARKERS)
+    marked = [ln for ln in lines if not _RECORD_START.match(ln) and any(m in ln for m in NOTIFICATION_MARKERS)]
+    return bool(marked) and not any("{" in ln or "}" in ln for ln in marked)
 
 
 _YAML_KEY = re.compile(r"^\s*(- )?[A-Za-z_@][\w@.\-/]*:(\s|$)")

@@ -732,3 +732,15 @@ def test_the_header_of_a_text_table_is_not_a_rejected_record(rule, tmp_path):
     db = tmp_path / "x.duckdb"
     report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
     assert (report["rejected"], report["new_deliveries"]) == (0, len(rows)), report
+
+
+def test_json_lines_after_a_line_of_text_stay_records_of_their_own(tmp_path):
+    # A receiver's log that starts with a text line and goes on in JSON Lines: each JSON line is a record, not
+    # the continuation of the first (read as one multi-line record, all but one notification were lost).
+    lines = (EXPORTS / "receiver_plain.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path / "hook.log"
+    path.write_text("2026-12-03T08:59:00Z INFO listening on :8080\n" + "".join(lines))
+    report = json.loads(ok(tokentrail("ingest", path, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
+    entry = report["files"][0]
+    assert (entry["format"], entry["records"], entry["new_deliveries"], entry["rejected"]) == \
+        ("text", len(lines) + 1, len(lines), 1), entry
