@@ -468,6 +468,8 @@ _CSV_FORMATS = frozenset(_BY_DELIMITER.values())
 
 
 def _csv_dialect(lines: list[str]) -> str | None:
+    if lines and lines[0].startswith("#TYPE "):  # PowerShell 5's Export-Csv: the object's type, then the header
+        lines = lines[1:]
     if lines and (hint := _SEP_HINT.match(lines[0].strip())):
         return _BY_DELIMITER.get(hint.group(1))
     if len(lines) < 2:
@@ -614,6 +616,8 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
         reader = csv.reader(text, delimiter=delimiter)
         try:
             header = next(reader)
+            if header and header[0].startswith("#TYPE "):
+                header = next(reader)
             if _SEP_HINT.match(delimiter.join(header).strip()):
                 header = next(reader)
         except StopIteration:

@@ -50,13 +50,16 @@ TIME_KEYS = (
     "_source_realtime_timestamp", "__realtime_timestamp",
     # OpenTelemetry's log records (OTLP JSON, the collector's file exporter): epoch ns as a string
     "timeunixnano",
+    # Sumo Logic's data forwarding and search job API (epoch ms)
+    "messagetime",
 )
 # A log platform's own ingestion time: used only when no level has one of the above.
 INGEST_TIME_KEYS = (
     "ingestiontime", "receivetimestamp", "_indextime", "observedtimestamp", "@ingested", "ingested", "_receipttime",
-    "observedtimeunixnano",
+    "observedtimeunixnano", "receipttime",
 )
-IDENTITY_KEYS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr")
+# (`usr`: Datadog's user attributes; `enduser`: OpenTelemetry's, as `enduser.id`)
+IDENTITY_KEYS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "usr", "enduser")
 _IDENTITY_SUBKEYS = ("id", "name", "username", "email", "sub")
 
 _TIME_KEY_RANK = {k: i for i, k in enumerate(TIME_KEYS)}

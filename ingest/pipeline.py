@@ -56,7 +56,8 @@ Input = str | os.PathLike | tuple[str, BinaryIO] | StagedInput
 Progress = Callable[[str, int, int], None]  # (what, done_bytes, total_bytes)
 
 _IDENTITY_CODE_COLUMNS = ("auth_code", "code")
-_IDENTITY_USER_COLUMNS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias")
+# (a mapping exported from a user directory often names its users by email only)
+_IDENTITY_USER_COLUMNS = ("user_id", "userid", "user", "sub", "identity", "username", "user_name", "alias", "email")
 
 
 @dataclass
@@ -485,13 +486,15 @@ def _identity_header(text) -> tuple[list[str], Iterator[list[str]], int]:
     """The header of an identity mapping (names lower-cased, spaces and hyphens as underscores: `Auth Code`,
     `User-ID`), a reader of the rows after it, and how many lines came before them. The delimiter is the one
     that splits the header into a code and a user column: comma, or semicolon (Excel in many locales), tab, pipe;
-    Excel's `sep=;` first line says it outright."""
+    Excel's `sep=;` first line says it outright. PowerShell 5's `#TYPE ...` line before the header is skipped."""
     first = text.readline()
     lines_before = 1
+    if first.startswith("#TYPE "):  # PowerShell 5's Export-Csv names the object type first
+        first, lines_before = text.readline(), 2
     hint = first.strip().lower()
     if len(hint) == 5 and hint.startswith("sep="):
         delimiters, first = (first.strip()[4],), text.readline()
-        lines_before = 2
+        lines_before += 1
     else:
         delimiters = (",", ";", "\t", "|")
 

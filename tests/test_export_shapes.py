@@ -744,3 +744,14 @@ def test_json_lines_after_a_line_of_text_stay_records_of_their_own(tmp_path):
     entry = report["files"][0]
     assert (entry["format"], entry["records"], entry["new_deliveries"], entry["rejected"]) == \
         ("text", len(lines) + 1, len(lines), 1), entry
+
+
+def test_powershell_export_csv_with_its_type_line(tmp_path):
+    # Windows PowerShell 5's Export-Csv writes `#TYPE <the object's type>` before the header unless told not to
+    text = (EXPORTS / "datadog_explorer.csv").read_text(encoding="utf-8")
+    path = tmp_path / "export.csv"
+    path.write_text("#TYPE System.Management.Automation.PSCustomObject\n" + text)
+    report = json.loads(ok(tokentrail("ingest", path, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
+    entry = report["files"][0]
+    assert (entry["format"], entry["rejected"]) == ("csv", 0), entry
+    assert entry["new_deliveries"] == expected_for(EXPORTS / "datadog_explorer.csv")["deliveries"], entry

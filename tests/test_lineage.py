@@ -58,6 +58,9 @@ MAPPINGS = {
     "excel-sep-hint": b"sep=;\r\nAuth Code;User ID\r\nCODE-1;frank@example.com\r\n",
     "tab, header case": b"Auth_Code\tUser-Name\tteam\nCODE-1\tfrank@example.com\tops\n",
     "pipe, quoted": b'"code"|"sub"\n"CODE-1"|"frank@example.com"\n',
+    # PowerShell 5's Export-Csv (without -NoTypeInformation), from a directory that names users by email
+    "powershell, email": b'#TYPE System.Management.Automation.PSCustomObject\r\n"Code","Email"\r\n'
+                         b'"CODE-1","frank@example.com"\r\n',
 }
 
 

@@ -177,14 +177,14 @@ SHAPES = {
         **({"user_id": [user, user]} if user else {}),
         **{f"body.{k}": [v, v] for k, v in b.items() if v}}}),  # (Splunk leaves empty values out)
     # OpenTelemetry: the collector's file exporter (OTLP JSON, a batch of records a line), the time in epoch ns,
-    # attributes as key/value pairs
+    # attributes as key/value pairs, the user as the semantic conventions name it (enduser.id)
     "opentelemetry collector file": lambda: (json.dumps({"resourceLogs": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "tyk-hook"}}]},
         "scopeLogs": [{"scope": {"name": "hook"}, "logRecords": [
             {"timeUnixNano": str(_epoch_ns(received)), "observedTimeUnixNano": str(_epoch_ns(shipped)),
              "severityText": "INFO", "body": {"stringValue": json.dumps(b)},
              "attributes": [{"key": "http.response.status_code", "value": {"intValue": "200"}},
-                            *([{"key": "user_id", "value": {"stringValue": user}}] if user else [])]}
+                            *([{"key": "enduser.id", "value": {"stringValue": user}}] if user else [])]}
             for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
                                                (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
     # logrus on a terminal (or with ForceColors): colour codes around every key

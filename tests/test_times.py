@@ -63,6 +63,8 @@ TIME_FIELDS = [
     ("asctime", "2026-12-03 09:00:00,123", "2026-12-03 09:00:00.123000"),  # python-json-logger
     ("timeMillis", 1796288400123, "2026-12-03 09:00:00.123000"),  # log4j2's JsonLayout
     ("instant", {"epochSecond": 1796288400, "nanoOfSecond": 123456789}, "2026-12-03 09:00:00.123456"),  # ... 2.11+
+    ("messageTime", 1796288400123, "2026-12-03 09:00:00.123000"),  # Sumo Logic's forwarding, search job API
+    ("timeUnixNano", "1796288400123456789", "2026-12-03 09:00:00.123456"),  # OpenTelemetry
 ]
 
 
