@@ -78,11 +78,18 @@ TIME_IN_TEXT = (
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
     r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
 )
+# A container runtime's time in front of the line a program wrote with its own time (`kubectl logs --timestamps`,
+# `docker logs -t`, CRI log files' `<time> stdout F <line>`): the program's time is the receiver's, tried first.
+RUNTIME_THEN_TIME_IN_TEXT = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}) "
+                             r"(?:(?:stdout|stderr) [FP] )?\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
+                             r"(?:Z| ?[+-]\d{2}:?\d{2}\b)?)")
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 # (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`)
 IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m)?[=:]\s*\"?"
                     r"([^\s\",}\x1b]+)")
+_TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)  # in this order
+_RUNTIME_THEN_TIME_RE = re.compile(RUNTIME_THEN_TIME_IN_TEXT)
 _TIME_RE = re.compile(TIME_IN_TEXT)
 _EPOCH_RE = re.compile(EPOCH_IN_TEXT)
 _TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
@@ -126,7 +133,7 @@ class Layout:
             time = "NULL::VARCHAR"
             if self.time is not None:
                 if self.time_in_text:
-                    time = _sql_text_field(raw, self.time, True, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
+                    time = _sql_text_field(raw, self.time, True, *_TIME_PATTERNS)
                 else:
                     time, n = f"tt_all[{n}] ->> '$'", n + 1
             found = []
@@ -139,7 +146,7 @@ class Layout:
             identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
-        time = _sql_text_field(raw, self.time, self.time_in_text, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
+        time = _sql_text_field(raw, self.time, self.time_in_text, *_TIME_PATTERNS)
         found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT, whole_line=True) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
@@ -492,7 +499,8 @@ def _time_candidate(node):
 
 
 def _time_in_text(text: _Text):
-    m = _TIME_RE.search(text.prefix) or _EPOCH_RE.search(text.prefix) or _TAGGED_EPOCH_RE.search(text.prefix)
+    m = (_RUNTIME_THEN_TIME_RE.search(text.prefix) or _TIME_RE.search(text.prefix) or _EPOCH_RE.search(text.prefix)
+         or _TAGGED_EPOCH_RE.search(text.prefix))
     return m.group(1) if m else None
 
 

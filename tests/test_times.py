@@ -185,10 +185,18 @@ TEXT_LINES = [
     ("1796288400.123456 tyk-hook tyk oauth notification ", "2026-12-03 09:00:00.123456"),
     # journalctl -o short-full (and the default with --utc off): local time with the zone's abbreviation
     ("Thu 2026-12-03 10:00:00 CET hook-1 tyk-hook[812]: tyk oauth notification body=", "2026-12-03 09:00:00.000000"),
+    # kubectl logs --timestamps: kubelet's time, then the line as the receiver (Python logging) wrote it: its own
+    # time is the receiver's, 1.6 s before kubelet's
+    ("2026-12-03T09:00:01.745496394Z 2026-12-03 09:00:00,123 INFO hook tyk oauth notification body=",
+     "2026-12-03 09:00:00.123000"),
+    # a CRI log file (containerd, CRI-O): time, stream, full-line tag, then the receiver's line
+    ("2026-12-03T09:00:01.745496394+00:00 stdout F 2026-12-03T09:00:00.123456Z INFO tyk oauth notification ",
+     "2026-12-03 09:00:00.123456"),
 ]
 
 
-@pytest.mark.parametrize(("start", "utc"), TEXT_LINES, ids=["short-precise", "papertrail", "epoch-first", "short-full"])
+@pytest.mark.parametrize(("start", "utc"), TEXT_LINES,
+                         ids=["short-precise", "papertrail", "epoch-first", "short-full", "kubectl-timestamps", "cri"])
 def test_times_in_text_lines(store, tmp_path, start, utc):
     path = tmp_path / "hook.log"
     path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
