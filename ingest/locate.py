@@ -76,6 +76,8 @@ TIME_IN_TEXT = (
     r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b| ?(?:UTC|GMT|"
     + "|".join(ZONE_ABBREVIATIONS) + r")\b)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
+    # PHP's error_log: [17-Nov-2026 09:15:02 UTC]; a zone name after it is not taken (--timezone says it)
+    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}(?: UTC\b)?"
     r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
 )
 # A container runtime's time in front of the line a program wrote with its own time (`kubectl logs --timestamps`,

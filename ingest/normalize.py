@@ -78,11 +78,12 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
                 ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%b %d, %Y @ %H:%M:%S.%f', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
                  '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',
                  '%m/%d/%Y, %I:%M:%S.%g %p', '%m/%d/%Y, %I:%M:%S %p',
-                 '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g',
+                 '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g', '%d-%b-%Y %H:%M:%S',
                  '%a %b %d %H:%M:%S %Y', '%d %b %Y %H:%M:%S.%g', '%d %b %Y %H:%M:%S']),
             try_strptime(s, ['%d/%b/%Y:%H:%M:%S %z', '%a, %d %b %Y %H:%M:%S %z', '%Y-%m-%dT%H:%M:%S%z',
                              '%Y-%m-%d %H:%M:%S.%g %z', '%Y-%m-%d %H:%M:%S %z'])::TIMESTAMP,
-            try_strptime(regexp_replace(s, ' (GMT|UTC)$', ''), ['%a, %d %b %Y %H:%M:%S', '%a %d %b %Y %H:%M:%S']))
+            try_strptime(regexp_replace(s, ' (GMT|UTC)$', ''), ['%a, %d %b %Y %H:%M:%S', '%a %d %b %Y %H:%M:%S',
+                                                               '%d-%b-%Y %H:%M:%S']))
     END;
 -- A zone abbreviation at the end (journalctl's default and short-full output: `2026-11-17 09:15:02 CET`) as its
 -- offset. DuckDB's own reading of abbreviations takes them for zone names where one matches (BST: Bangladesh) and

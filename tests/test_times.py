@@ -40,6 +40,8 @@ TIMES = [
     ("2026-07-03 11:00:00.5 CEST", "2026-07-03 09:00:00.500000"),  # ... in summer (DuckDB alone cannot read it)
     ("2026-07-03 10:00:00 BST", "2026-07-03 09:00:00"),  # British Summer Time, not Bangladesh's
     ("2026-12-03 01:00:00 PST", "2026-12-03 09:00:00"),
+    ("03-Dec-2026 09:00:00 UTC", "2026-12-03 09:00:00"),  # PHP's error_log
+    ("03-Dec-2026 09:00:00", "2026-12-03 09:00:00"),  # ... with date.timezone set to a region: no zone taken
 ]
 
 
@@ -139,7 +141,8 @@ def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_pat
 # The TIMES above that carry no zone: Kibana's and Splunk's CSVs, Python logging, US display forms. Only these
 # move; a time with a zone, an offset or a zone name, and an epoch number, is one instant whatever the option.
 ZONELESS = {"2026-12-03 09:00:00.123456", "2026-12-03 09:00:00,123", "Dec 3, 2026 @ 09:00:00.123",
-            "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM", "Dec 3, 2026 @ 09:00:00.123456789"}
+            "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM", "Dec 3, 2026 @ 09:00:00.123456789",
+            "03-Dec-2026 09:00:00"}
 
 
 @pytest.mark.parametrize(("text", "utc"), TIMES, ids=[t for t, _ in TIMES])
@@ -192,11 +195,14 @@ TEXT_LINES = [
     # a CRI log file (containerd, CRI-O): time, stream, full-line tag, then the receiver's line
     ("2026-12-03T09:00:01.745496394+00:00 stdout F 2026-12-03T09:00:00.123456Z INFO tyk oauth notification ",
      "2026-12-03 09:00:00.123456"),
+    # PHP's error_log (date.timezone = UTC)
+    ("[03-Dec-2026 09:00:00 UTC] tyk oauth notification ", "2026-12-03 09:00:00.000000"),
 ]
 
 
 @pytest.mark.parametrize(("start", "utc"), TEXT_LINES,
-                         ids=["short-precise", "papertrail", "epoch-first", "short-full", "kubectl-timestamps", "cri"])
+                         ids=["short-precise", "papertrail", "epoch-first", "short-full", "kubectl-timestamps", "cri",
+                              "php-error-log"])
 def test_times_in_text_lines(store, tmp_path, start, utc):
     path = tmp_path / "hook.log"
     path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
