@@ -85,6 +85,10 @@ TIME_IN_TEXT = (
 RUNTIME_THEN_TIME_IN_TEXT = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}) "
                              r"(?:(?:stdout|stderr) [FP] )?\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
                              r"(?:Z| ?[+-]\d{2}:?\d{2}\b)?)")
+# Failing any time before the JSON: a logfmt time key after it (logfmt writers that sort their keys put
+# `timestamp=` after `message=`: Vector's logfmt encoding)
+TIME_KEY_IN_TEXT = (r"\b(?:time|timestamp|ts|datetime)=\"?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
+                    r"(?:Z|[+-]\d{2}:?\d{2}\b)?)")
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 # (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`)
@@ -93,6 +97,7 @@ IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|
 _TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)  # in this order
 _RUNTIME_THEN_TIME_RE = re.compile(RUNTIME_THEN_TIME_IN_TEXT)
 _TIME_RE = re.compile(TIME_IN_TEXT)
+_TIME_KEY_RE = re.compile(TIME_KEY_IN_TEXT)
 _EPOCH_RE = re.compile(EPOCH_IN_TEXT)
 _TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
 _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
@@ -135,7 +140,7 @@ class Layout:
             time = "NULL::VARCHAR"
             if self.time is not None:
                 if self.time_in_text:
-                    time = _sql_text_field(raw, self.time, True, *_TIME_PATTERNS)
+                    time = _sql_text_field(raw, self.time, True, *_TIME_PATTERNS, anywhere=(TIME_KEY_IN_TEXT,))
                 else:
                     time, n = f"tt_all[{n}] ->> '$'", n + 1
             found = []
@@ -148,7 +153,7 @@ class Layout:
             identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
-        time = _sql_text_field(raw, self.time, self.time_in_text, *_TIME_PATTERNS)
+        time = _sql_text_field(raw, self.time, self.time_in_text, *_TIME_PATTERNS, anywhere=(TIME_KEY_IN_TEXT,))
         found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT, whole_line=True) for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
@@ -294,8 +299,9 @@ def _enqueue(queue, value, steps, chain) -> None:
 
 
 _PARSE_STEPS = ("p", "q")
-# A JSON object written as a quoted string value in a text line: "{\"auth_code\":\"...\", ...}"
-QUOTED_JSON_IN_TEXT = r'"(\{\\"(?:[^"\\]|\\.)*)"'
+# A JSON object written as a quoted string value in a text line: "{\"auth_code\":\"...\", ...}", maybe after text
+# in the same value (Vector's logfmt: message="tyk notification {\"auth_code\":...}")
+QUOTED_JSON_IN_TEXT = r'"((?:[^"\\]|\\.)*?\{\\"(?:[^"\\]|\\.)*)"'
 _QUOTED_JSON_RE = re.compile(QUOTED_JSON_IN_TEXT)
 
 
@@ -324,10 +330,11 @@ def _embedded_json(text: str):
     if m is None:
         return None
     try:
-        obj = json.loads(json.loads('"' + m.group(1) + '"'))
+        inner = json.loads('"' + m.group(1) + '"')
+        obj, _ = _decoder.raw_decode(inner, max(inner.find('{"'), 0))
     except ValueError:
         return None
-    return (obj, text[: m.start()], "q") if isinstance(obj, dict) and obj else None
+    return (obj, text[: text.find("{")], "q") if isinstance(obj, dict) and obj else None
 
 
 # How platforms join a nested key's parts when they flatten a record: body.auth_code, body_auth_code,
@@ -394,7 +401,9 @@ def _flat_levels(node: dict, flat_prefix: str, steps) -> _Chain:
 # Likewise a logging library's bag of context beside the message: Datadog's custom `attributes` (beside the
 # `message` of its API's answer), log4j2's `contextMap`, Monolog's `context` and `extra`, .NET's `State` and
 # `Scopes` (a list of them), an `mdc`.
-_SIDECARS = ("fields", "labels", "stream", "attributes", "contextMap", "context", "extra", "mdc", "State", "Scopes")
+_SIDECARS = ("fields", "labels", "stream", "attributes", "contextMap", "context", "extra", "mdc", "State", "Scopes",
+             # Azure Application Insights' and Monitor's dynamic columns (a JSON string in a query's answer)
+             "customDimensions", "Properties")
 
 
 def _at_level(node, candidate):
@@ -403,6 +412,12 @@ def _at_level(node, candidate):
         return found
     for side in _SIDECARS:
         inner = node.get(side)
+        at_side: tuple = ()
+        if isinstance(inner, str) and inner.startswith("{"):  # a JSON object in a string: parsed
+            try:
+                inner, at_side = json.loads(inner), (("p",),)
+            except ValueError:
+                continue
         bags = [((), inner)] if isinstance(inner, dict) else []
         if isinstance(inner, list):
             pairs = _Pairs.of(inner)
@@ -413,7 +428,7 @@ def _at_level(node, candidate):
                 value, key_steps = found
                 if isinstance(bag, _Pairs):  # back to where the pair's value is in the list
                     key_steps = (*bag.steps[key_steps[0][1]], *key_steps[1:])
-                return value, (("k", side), *at, *key_steps)
+                return value, (("k", side), *at_side, *at, *key_steps)
     return None
 
 
@@ -502,7 +517,7 @@ def _time_candidate(node):
 
 def _time_in_text(text: _Text):
     m = (_RUNTIME_THEN_TIME_RE.search(text.prefix) or _TIME_RE.search(text.prefix) or _EPOCH_RE.search(text.prefix)
-         or _TAGGED_EPOCH_RE.search(text.prefix))
+         or _TAGGED_EPOCH_RE.search(text.prefix) or _TIME_KEY_RE.search(text.whole))
     return m.group(1) if m else None
 
 
@@ -596,8 +611,9 @@ def _segments(steps):
 
 def _sql_parse(expr: str, kind: str) -> str:
     """The JSON text inside the text `expr`: after a prefix ("p"), or a quoted escaped string ("q")."""
-    if kind == "q":
-        return f"""json_extract_string('"' || regexp_extract({expr}, {_sql_str(QUOTED_JSON_IN_TEXT)}, 1) || '"', '$')"""
+    if kind == "q":  # unquoted, then (text may come first in the value) from its first `{"`
+        return _sql_parse(
+            f"""json_extract_string('"' || regexp_extract({expr}, {_sql_str(QUOTED_JSON_IN_TEXT)}, 1) || '"', '$')""", "p")
     # tt_embedded starts at the first "{"; a `{"` further on wins when the text has one (braces that are not
     # JSON, such as Loki labels, may come first). What this misses goes through `locate()` anyway.
     return f"""(CASE WHEN strpos({expr}, '{{"') > 1 THEN substr({expr}, strpos({expr}, '{{"')) ELSE tt_embedded({expr}) END)"""
@@ -634,10 +650,11 @@ def _sql_values(raw: str, steps, last_steps) -> str:
     raise AssertionError("unreachable")
 
 
-def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, whole_line: bool = False) -> str:
+def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, whole_line: bool = False,
+                    anywhere: tuple[str, ...] = ()) -> str:
     """The first capture group of the first of `patterns` that finds something in the text before the JSON (the
     later ones are evaluated only for the rows the earlier ones found nothing in); `whole_line`: failing those,
-    anywhere in the text (a user, as `_identity_in_text`)."""
+    anywhere in the text (a user, as `_identity_in_text`); `anywhere`: patterns tried last, in the whole text."""
     if steps is None:
         return "NULL::VARCHAR"
     if not in_text:
@@ -646,4 +663,5 @@ def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, whole_line: 
     found = [f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(p)}, 1), '')" for p in patterns]
     if whole_line:
         found += [f"nullif(regexp_extract({text}, {_sql_str(p)}, 1), '')" for p in patterns]
+    found += [f"nullif(regexp_extract({text}, {_sql_str(p)}, 1), '')" for p in anywhere]
     return found[0] if len(found) == 1 else f"coalesce({', '.join(found)})"

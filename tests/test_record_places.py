@@ -187,6 +187,21 @@ SHAPES = {
                             *([{"key": "enduser.id", "value": {"stringValue": user}}] if user else [])]}
             for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
                                                (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
+    # Vector's logfmt encoding of a file source: keys sorted, so the time comes after a message that holds the
+    # receiver's text line with its JSON
+    "vector logfmt: text and JSON in the message, the time after it": lambda: "".join(
+        f"file=/var/log/hook.log host=hook-1 message={json.dumps('tyk oauth notification ' + json.dumps(b))} "
+        f"source_type=file timestamp={received}" + (f" user_id={user}" if user else "") + "\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
+    # Application Insights through `az monitor app-insights query`: columns and rows, the custom dimensions of a
+    # trace (where the user is) a JSON string
+    "app insights: the user in customDimensions": lambda: json.dumps({"tables": [{
+        "name": "PrimaryResult",
+        "columns": [{"name": "timestamp", "type": "datetime"}, {"name": "message", "type": "string"},
+                    {"name": "customDimensions", "type": "dynamic"}],
+        "rows": [[received, f"tyk oauth notification {json.dumps(b)}",
+                  json.dumps({"CategoryName": "Hook", **({"user_id": user} if user else {})})]
+                 for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))]}]}).encode(),
     # logrus on a terminal (or with ForceColors): colour codes around every key
     "logrus text with colours": lambda: "".join(
         f"{received} \x1b[36mINFO\x1b[0m tyk oauth notification \x1b[36mbody\x1b[0m={json.dumps(json.dumps(b))}"
