@@ -632,7 +632,7 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
                 if not any(cell.strip() for cell in row):
                     batch.add(record_no, "", None)
                 else:
-                    record = dict(zip(header, map(_unescape, row), strict=False))
+                    record = dict(zip(header, map(_cell, row), strict=False))
                     if len(row) > len(header):
                         record["_extra"] = row[len(header) :]
                     batch.add(record_no, *_as_json(record, "row"))
@@ -658,6 +658,16 @@ def _as_json(record: dict, what: str) -> tuple[str, str | None]:
         return dumped, None
     except UnicodeEncodeError:
         return dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), f"invalid UTF-8 in the {what}"
+
+
+def _cell(cell: str) -> str:
+    """A CSV cell's value: unescaped (`_unescape`); a multivalue cell whose values are all one (Splunk's CSV joins
+    a field's values with newlines, and a JSON event extracted twice has each field twice) is that value."""
+    if "\n" in cell:
+        values = cell.split("\n")
+        if all(v == values[0] for v in values[1:]):
+            cell = values[0]
+    return _unescape(cell)
 
 
 def _unescape(cell: str) -> str:

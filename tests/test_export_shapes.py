@@ -755,3 +755,22 @@ def test_powershell_export_csv_with_its_type_line(tmp_path):
     entry = report["files"][0]
     assert (entry["format"], entry["rejected"]) == ("csv", 0), entry
     assert entry["new_deliveries"] == expected_for(EXPORTS / "datadog_explorer.csv")["deliveries"], entry
+
+
+def test_splunk_csv_of_fields_extracted_twice(tmp_path):
+    # Splunk extracting a JSON event at index time and again at search time (INDEXED_EXTRACTIONS and KV_MODE both
+    # json) has every field twice; its CSV export joins a field's values with a newline: `new\nnew`.
+    records = [json.loads(line) for line in (EXPORTS / "receiver_plain.jsonl").read_text().splitlines()]
+    fields = ["received_at", "user_id", *(f"body.{k}" for k in records[0]["body"])]
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["_time", *fields, "_raw"])
+    for r in records:
+        values = [r.get("received_at"), r.get("user_id") or r.get("username"), *r["body"].values()]
+        w.writerow([r["received_at"], *("\n".join([v, v]) if v else "" for v in values), json.dumps(r)])
+    path = tmp_path / "splunk.csv"
+    path.write_text(out.getvalue())
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["rejected"], report["new_deliveries"]) == (0, len(records)), report
+    assert _story_of(db, tmp_path) == STORY_OF_SIX
