@@ -633,9 +633,21 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
                     batch.add(record_no, "", None)
                 else:
                     record = dict(zip(header, map(_cell, row), strict=False))
-                    if len(row) > len(header):
-                        record["_extra"] = row[len(header) :]
-                    batch.add(record_no, *_as_json(record, "row"))
+                    text, err = _as_json(record, "row")
+                    if line_end > record_no and any("\n" in c and c.count("notification_type") > 1 for c in row):
+                        # a cell that runs over lines and holds two notifications: an opening quote that lost its
+                        # closing one took the next rows into this one (read as one record, all but the first
+                        # notification would be lost)
+                        err = err or (f"the row runs over lines {record_no}-{line_end} and one cell holds two "
+                                      "notifications (a quote lost?)")
+                    elif len(row) != len(header):
+                        # a hand edit lost a quote or a cell, or a value holds the delimiter unquoted: the values
+                        # no longer sit under their names, and read anyway they would be taken for others
+                        # (an identity for a token). The row, with all its cells, is kept for the quarantine.
+                        text, err = _as_json({"cells": row}, "row")[0], err or (
+                            f"the row has {len(row)} cells, the header {len(header)} (a quote lost, or a "
+                            "delimiter in a value?)")
+                    batch.add(record_no, text, err)
                 if len(batch) >= BATCH_RECORDS:
                     yield batch.table()
                     batch = Batch()

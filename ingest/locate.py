@@ -182,6 +182,12 @@ def locate(text: str) -> Located:
         root_is_text = False
     except ValueError as e:
         root, root_is_text = stripped, True
+        if e.msg == "Extra data" and stripped[0] == "{" and stripped[e.pos :].lstrip()[:1] == "{" \
+                and any(m in stripped[e.pos :] for m in _MARKERS):
+            # a second record after the first on the same line: files joined with `cat` when one did not end with
+            # a line break, or records parted by a bare CR. Both are kept aside, not the first alone.
+            return Located(reason=f"two records on one line: another begins at column {e.colno} (files joined "
+                                  "without a line break between them?)")
         if stripped[0] in "{[" and not _embedded_json(stripped):
             where = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
             # an error at the very end (or a string never closed) is a record cut short; elsewhere, something in

@@ -774,3 +774,35 @@ def test_splunk_csv_of_fields_extracted_twice(tmp_path):
     report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
     assert (report["rejected"], report["new_deliveries"]) == (0, len(records)), report
     assert _story_of(db, tmp_path) == STORY_OF_SIX
+
+
+def test_two_records_on_one_line_are_kept_aside_not_cut_to_one(tmp_path):
+    # `cat a.jsonl b.jsonl` where a.jsonl does not end with a line break: one line holds two records. Reading
+    # the first and dropping the second went unnoticed; the line is quarantined with what happened.
+    lines = (EXPORTS / "receiver_plain.jsonl").read_text().splitlines()
+    joined = lines[:4] + [lines[4] + lines[5]]
+    path = tmp_path / "joined.jsonl"
+    path.write_text("\n".join(joined) + "\n")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["format"], report["records"], report["new_deliveries"], report["rejected"]) == ("jsonl", 5, 4, 1)
+    rows = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert [(r["record_no"], r["reason"].split(":")[0]) for r in rows] == [(5, "two records on one line")], rows
+
+
+def test_a_csv_row_that_lost_its_closing_quote_is_kept_aside_with_the_row_it_swallowed(tmp_path):
+    # A hand edit deleted the closing quote of a message: the CSV reader runs that cell on into the next row. Read
+    # as one record its first notification loaded and the next row's was lost without a word; now the merged
+    # row (both notifications, in its excerpt) is quarantined and every other row loads.
+    lines = (EXPORTS / "kibana_discover.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    broken = lines[3].rstrip("\r\n")
+    assert broken.endswith('"')
+    lines[3] = broken[:-1] + "\n"
+    path = tmp_path / "discover.csv"
+    path.write_text("".join(lines), encoding="utf-8")
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    rows = len(lines) - 1
+    assert (report["records"], report["rejected"], report["new_deliveries"]) == (rows - 1, 1, rows - 2), report
+    [row] = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
+    assert row["record_no"] == 4 and "quote" in row["reason"], row
