@@ -332,7 +332,9 @@ def sniff(name: str, sample: bytes) -> str:
     if sample.startswith(b"__CURSOR="):  # before the binary check: its framing of binary fields holds NUL bytes
         return "journal-export"
     probe = sample[:65536]
-    if b"\x00" in probe or _binary_ratio(probe) > 0.1:
+    # (a run of NUL bytes is a hole a crash left in a log being written, not binary data: looked past)
+    solid = _NUL_HOLE.sub(b"", probe)
+    if not solid.strip() or b"\x00" in solid or _binary_ratio(solid) > 0.1:
         raise NotALogExport(f"{name}: not a log export: it looks like binary data")
     text = probe.decode("utf-8", errors="replace")
     stripped = text.lstrip()
@@ -359,8 +361,8 @@ def sniff(name: str, sample: bytes) -> str:
                 and not _is_json(lines[0].strip())):
             return "jsonl"  # the whole file is one record, broken (cut off, hand-edited): it is quarantined
         if _json_prefix_ok(sample):
-            if stripped[0] == "[":
-                return "json-array"
+            if stripped[0] == "[":  # (several arrays back to back: exports joined with `cat`)
+                return "json-stream" if _json_values(sample) > 1 else "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
             return "json-array"
@@ -421,6 +423,9 @@ def _is_yaml_stream(lines: list[str]) -> bool:
         return False
     top = [ln for ln in lines[1:-1] if not ln[0].isspace() and not ln.startswith("- ")]
     return all(_YAML_KEY.match(ln) for ln in top)
+
+
+_NUL_HOLE = re.compile(rb"\x00{16,}")
 
 
 def _binary_ratio(probe: bytes) -> float:
@@ -986,12 +991,18 @@ def _only_whitespace_left(stream: BinaryIO) -> bool:
     return True
 
 
+_EMPTY_LIST = re.compile(rb"\[\s*\]")
+
+
 def _read_json_document(multiple: bool) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
     def read(name: str, stream: _Rewound) -> Iterator[pa.Table]:
         # Several documents back to back are either records (`jq .` output) or pages of one API response
         # appended to one file (a scroll, a paginated search, `aws logs` calls with --next-token): the records are
         # then the same items of every page.
         prefix = records_prefix(stream.sample)
+        if (not prefix and len(stream.sample) < SAMPLE_BYTES and _EMPTY_LIST.search(stream.sample)
+                and not _NOTIFICATION_NAMES.search(stream.sample)):
+            return  # an API's answer with an empty list and nothing else (the last page of a paginated search)
         names, by_column = columns_of(stream.sample, prefix)
         if not multiple and prefix == "item" and names is None and _array_of_objects(stream.sample):
             keys = []  # an array of objects: split, not parsed

@@ -153,7 +153,7 @@ WITH x AS NOT MATERIALIZED (
            CASE WHEN reason IS NULL AND err IS NULL THEN v END AS v
     FROM {{rel}}
 ), f AS NOT MATERIALIZED (
-    SELECT *, lower(v[1] ->> '$') AS ntype,
+    SELECT *, lower(trim(v[1] ->> '$')) AS ntype,  -- (a char(n) column pads it: 'new       ')
            tt_value(v[2] ->> '$') AS auth_code, tt_value(v[3] ->> '$') AS access_token,
            tt_value(v[4] ->> '$') AS refresh_token, tt_value(v[5] ->> '$') AS old_refresh_token
     FROM x

@@ -197,3 +197,19 @@ def test_a_file_that_is_one_cut_off_record_quarantines_it(ending, tmp_path):
     assert [(r["record_no"], "invalid json" in r["reason"].lower()) for r in rows] == [(1, True)], rows
     for field in ("auth_code", "new_oauth_token", "refresh_token"):
         assert GOOD_LINES[0]["body"][field][:16] not in rows[0]["excerpt"], rows[0]["excerpt"]
+
+
+def test_a_notification_type_in_another_case_or_padded_is_read(tmp_path):
+    # a char(10) column exported by PostgreSQL pads it ('new       '); a hand-typed one may be capitalised
+    from tests.helpers import body, jsonl
+
+    records = [{"received_at": "2026-12-03T09:00:00Z", "body": {**body("new", "T1", "R1", code="A1"),
+                                                                "notification_type": "new       "}},
+               {"received_at": "2026-12-03T09:40:00Z", "body": {**body("refresh", "T2", "R2", "R1"),
+                                                                "notification_type": " Refresh"}}]
+    path = tmp_path / "padded.jsonl"
+    path.write_bytes(jsonl(records))
+    db = tmp_path / "x.duckdb"
+    tokentrail("ingest", path, "--db", db, cwd=tmp_path)
+    got = summary(db, tmp_path)
+    assert (got["deliveries"], got["rejected"], got["chains"]) == (2, 0, 1), got

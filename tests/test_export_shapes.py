@@ -806,3 +806,33 @@ def test_a_csv_row_that_lost_its_closing_quote_is_kept_aside_with_the_row_it_swa
     assert (report["records"], report["rejected"], report["new_deliveries"]) == (rows - 1, 1, rows - 2), report
     [row] = json.loads(ok(tokentrail("quarantine", "--db", db, "--json", cwd=tmp_path)).stdout)
     assert row["record_no"] == 4 and "quote" in row["reason"], row
+
+
+@pytest.mark.parametrize("joint", ["", "\n"], ids=["back-to-back", "a-line-apart"])
+def test_json_arrays_joined_with_cat_all_load(joint, tmp_path):
+    # `cat` of two exports that are each one JSON array (gcloud logging read --format=json): `][` or `]\n[`
+    records = json.loads((EXPORTS / "gcloud_logging_read.json").read_text())
+    path = tmp_path / "joined.json"
+    path.write_text(json.dumps(records[:3], indent=2) + joint + json.dumps(records[3:], indent=2))
+    db = tmp_path / "x.duckdb"
+    report = json.loads(ok(tokentrail("ingest", path, "--db", db, "--json", cwd=tmp_path)).stdout)["files"][0]
+    assert (report["error"], report["records"], report["rejected"]) == (None, len(records), 0), report
+    assert summary(db, tmp_path)["deliveries"] == expected_for(EXPORTS / "gcloud_logging_read.json")["deliveries"]
+
+
+def test_a_hole_of_nul_bytes_is_not_taken_for_binary_data(tmp_path):
+    # A crash while the log was written leaves a run of NUL bytes where a line was: the records around it load
+    lines = (EXPORTS / "receiver_plain.jsonl").read_bytes().splitlines(keepends=True)
+    path = tmp_path / "hook.log"
+    path.write_bytes(b"".join(lines[:2]) + b"\x00" * 4096 + b"".join(lines[2:]))
+    report = json.loads(ok(tokentrail("ingest", path, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
+    entry = report["files"][0]
+    assert (entry["error"], entry["new_deliveries"], entry["rejected"]) == (None, len(lines), 0), entry
+
+
+def test_an_empty_last_page_is_no_record(tmp_path):
+    # `aws logs filter-log-events` page by page with --next-token: the last page often holds no events
+    page = tmp_path / "page9.json"
+    page.write_text(json.dumps({"events": [], "searchedLogStreams": []}, indent=4))
+    report = json.loads(ok(tokentrail("ingest", page, "--db", tmp_path / "x.duckdb", "--json", cwd=tmp_path)).stdout)
+    assert (report["files"][0]["records"], report["files"][0]["rejected"], report["files"][0]["error"]) == (0, 0, None)
