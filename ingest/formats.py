@@ -361,8 +361,9 @@ def sniff(name: str, sample: bytes) -> str:
                 and not _is_json(lines[0].strip())):
             return "jsonl"  # the whole file is one record, broken (cut off, hand-edited): it is quarantined
         if _json_prefix_ok(sample):
-            if stripped[0] == "[":  # (several arrays back to back: exports joined with `cat`)
-                return "json-stream" if _json_values(sample) > 1 else "json-array"
+            if stripped[0] == "[":  # several arrays back to back (exports joined with `cat`) are read as a stream;
+                # anything else after an array is an error the report names
+                return "json-stream" if _only_arrays(sample) else "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
         if _splits_as_array(sample):  # an array of objects with a broken item (`"code": <redacted>`): the others load
             return "json-array"
@@ -451,6 +452,18 @@ def _json_prefix_ok(sample: bytes) -> bool:
     except ijson.JSONError:
         return False
     return True
+
+
+def _only_arrays(sample: bytes) -> bool:
+    """More than one top-level value in the sample, and every one of them an array."""
+    kinds = []
+    try:
+        for prefix, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
+            if prefix == "" and event in ("start_map", "start_array", "string", "number", "boolean", "null"):
+                kinds.append(event)
+    except ijson.JSONError:
+        pass
+    return len(kinds) > 1 and all(k == "start_array" for k in kinds)
 
 
 def _json_values(sample: bytes) -> int:
