@@ -1217,7 +1217,7 @@ def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
 
     def flush() -> None:
         if record and any(ln.strip() for ln in record):
-            batch.add(start, *_as_json_text("".join(record)))
+            batch.add(start, *_checked_text("".join(record)))
 
     try:
         for line_no, line in enumerate(text, 1):
@@ -1236,7 +1236,7 @@ def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         yield batch.table()
 
 
-def _as_json_text(text: str) -> tuple[str, str | None]:
+def _checked_text(text: str) -> tuple[str, str | None]:
     """Text decoded with errors="surrogateescape", and an error when it held bytes that are not UTF-8."""
     try:
         text.encode("utf-8")
