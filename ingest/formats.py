@@ -454,29 +454,35 @@ def _json_prefix_ok(sample: bytes) -> bool:
     return True
 
 
-def _only_arrays(sample: bytes) -> bool:
-    """More than one top-level value in the sample, and every one of them an array."""
-    kinds = []
+_SCALARS = ("string", "number", "boolean", "null")
+
+
+def _top_values(sample: bytes, most: int | None = None, *, ended: bool = False) -> list[str]:
+    """The kinds of the top-level JSON values in the sample, as ijson names the events that start them
+    (start_map, start_array, string...) or, `ended`, that end them (only values complete in the sample count),
+    up to `most`."""
+    events = ("end_map", "end_array", *_SCALARS) if ended else ("start_map", "start_array", *_SCALARS)
+    kinds: list[str] = []
     try:
         for prefix, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
-            if prefix == "" and event in ("start_map", "start_array", "string", "number", "boolean", "null"):
+            if prefix == "" and event in events:
                 kinds.append(event)
+                if most is not None and len(kinds) >= most:
+                    break
     except ijson.JSONError:
         pass
+    return kinds
+
+
+def _only_arrays(sample: bytes) -> bool:
+    """More than one top-level value in the sample, and every one of them an array."""
+    kinds = _top_values(sample)
     return len(kinds) > 1 and all(k == "start_array" for k in kinds)
 
 
 def _json_values(sample: bytes) -> int:
-    count = 0
-    try:
-        for prefix, event, _ in ijson.parse(io.BytesIO(sample), multiple_values=True):
-            if prefix == "" and event in ("end_map", "end_array", "string", "number"):
-                count += 1
-                if count > 1:
-                    break
-    except ijson.JSONError:
-        pass
-    return count
+    """How many complete top-level values the sample holds: 0, 1, or 2 for more."""
+    return len(_top_values(sample, most=2, ended=True))
 
 
 # Excel's delimiter hint, the first line of CSV files saved for (or by) it: sep=;
@@ -649,23 +655,12 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
                 line_end = reader.line_num
                 if not any(cell.strip() for cell in row):
                     batch.add(record_no, "", None)
+                elif broken := _broken_row(row, len(header), record_no, line_end):
+                    # kept whole, with all its cells, for the quarantine
+                    text, err = _as_json({"cells": row}, "row")
+                    batch.add(record_no, text, err or broken)
                 else:
-                    record = dict(zip(header, map(_cell, row), strict=False))
-                    text, err = _as_json(record, "row")
-                    if line_end > record_no and any("\n" in c and c.count("notification_type") > 1 for c in row):
-                        # a cell that runs over lines and holds two notifications: an opening quote that lost its
-                        # closing one took the next rows into this one (read as one record, all but the first
-                        # notification would be lost)
-                        err = err or (f"the row runs over lines {record_no}-{line_end} and one cell holds two "
-                                      "notifications (a quote lost?)")
-                    elif len(row) != len(header):
-                        # a hand edit lost a quote or a cell, or a value holds the delimiter unquoted: the values
-                        # no longer sit under their names, and read anyway they would be taken for others
-                        # (an identity for a token). The row, with all its cells, is kept for the quarantine.
-                        text, err = _as_json({"cells": row}, "row")[0], err or (
-                            f"the row has {len(row)} cells, the header {len(header)} (a quote lost, or a "
-                            "delimiter in a value?)")
-                    batch.add(record_no, text, err)
+                    batch.add(record_no, *_as_json(dict(zip(header, map(_cell, row), strict=True)), "row"))
                 if len(batch) >= BATCH_RECORDS:
                     yield batch.table()
                     batch = Batch()
@@ -682,12 +677,19 @@ def _read_csv(delimiter: str) -> Callable[[str, BinaryIO], Iterator[pa.Table]]:
 def _as_json(record: dict, what: str) -> tuple[str, str | None]:
     """A record of text decoded with errors="surrogateescape", as JSON text and an error: bytes that were not
     UTF-8 become U+FFFD, and the error says so."""
-    dumped = json.dumps(record, ensure_ascii=False)
-    try:
-        dumped.encode("utf-8")
-        return dumped, None
-    except UnicodeEncodeError:
-        return dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), f"invalid UTF-8 in the {what}"
+    return _checked_text(json.dumps(record, ensure_ascii=False), what)
+
+
+def _broken_row(row: list[str], columns: int, first_line: int, last_line: int) -> str | None:
+    """Why a CSV row cannot be read under its header, or None. A hand edit lost a quote or a cell, or a value holds
+    the delimiter unquoted: the values no longer sit under their names, and read anyway they would be taken for
+    others (an identity for a token). A lost closing quote takes the next rows into its cell: a cell that runs
+    over lines and holds two notifications (read as one record, all but the first would be lost)."""
+    if last_line > first_line and any("\n" in c and c.count("notification_type") > 1 for c in row):
+        return f"the row runs over lines {first_line}-{last_line} and one cell holds two notifications (a quote lost?)"
+    if len(row) != columns:
+        return f"the row has {len(row)} cells, the header {columns} (a quote lost, or a delimiter in a value?)"
+    return None
 
 
 def _cell(cell: str) -> str:
@@ -1236,13 +1238,14 @@ def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
         yield batch.table()
 
 
-def _checked_text(text: str) -> tuple[str, str | None]:
-    """Text decoded with errors="surrogateescape", and an error when it held bytes that are not UTF-8."""
+def _checked_text(text: str, what: str = "record") -> tuple[str, str | None]:
+    """Text decoded with errors="surrogateescape", and an error when it held bytes that are not UTF-8 (they
+    become U+FFFD)."""
     try:
         text.encode("utf-8")
         return text, None
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "invalid UTF-8 in the record"
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), f"invalid UTF-8 in the {what}"
 
 
 def _read_aws_text(name: str, stream: BinaryIO) -> Iterator[pa.Table]:

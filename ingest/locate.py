@@ -28,8 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ingest.normalize import ZONE_ABBREVIATIONS
-
 NOTIFICATION_FIELDS = ("notification_type", "auth_code", "new_oauth_token", "refresh_token", "old_refresh_token")
 TOKEN_FIELDS = NOTIFICATION_FIELDS[1:]
 # The reason given to a record with no trace of a notification: in a receiver's own log, the lines it writes
@@ -66,6 +64,16 @@ _TIME_KEY_RANK = {k: i for i, k in enumerate(TIME_KEYS)}
 _INGEST_KEY_RANK = {k: i for i, k in enumerate(INGEST_TIME_KEYS)}
 _IDENTITY_RANK = {k: i for i, k in enumerate(IDENTITY_KEYS)}
 
+# Zone abbreviations a server's local time is written with (read in
+# text here, and as offsets by `ingest.normalize`), and their offsets: only those with one common meaning.
+ZONE_ABBREVIATIONS = {
+    "WET": "+00:00", "WEST": "+01:00", "BST": "+01:00", "CET": "+01:00", "CEST": "+02:00", "EET": "+02:00",
+    "EEST": "+03:00", "MSK": "+03:00", "EST": "-05:00", "EDT": "-04:00", "CDT": "-05:00", "MST": "-07:00",
+    "MDT": "-06:00", "PST": "-08:00", "PDT": "-07:00", "AKST": "-09:00", "AKDT": "-08:00", "HST": "-10:00",
+    "JST": "+09:00", "KST": "+09:00", "HKT": "+08:00", "SGT": "+08:00", "AWST": "+08:00", "ACST": "+09:30",
+    "ACDT": "+10:30", "AEST": "+10:00", "AEDT": "+11:00", "NZST": "+12:00", "NZDT": "+13:00",
+}
+
 # A timestamp in free text: ISO-like dates (also Go's log package's 2026/12/03 09:00:00.123456, and Papertrail's
 # `2026-11-17 00:15:02 -0800`), Apache style, or a classic syslog line's `Dec  3 09:00:00` at the start (no
 # year: see tt_yearless; journalctl's short-precise adds microseconds). Failing those (later patterns are tried
@@ -82,24 +90,23 @@ TIME_IN_TEXT = (
 )
 # A container runtime's time in front of the line a program wrote with its own time (`kubectl logs --timestamps`,
 # `docker logs -t`, CRI log files' `<time> stdout F <line>`): the program's time is the receiver's, tried first.
+_ISO_TIME = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b)?"
 RUNTIME_THEN_TIME_IN_TEXT = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}) "
-                             r"(?:(?:stdout|stderr) [FP] )?\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
-                             r"(?:Z| ?[+-]\d{2}:?\d{2}\b)?)")
+                             r"(?:(?:stdout|stderr) [FP] )?\[?(" + _ISO_TIME + ")")
 # Failing any time before the JSON: a logfmt time key after it (logfmt writers that sort their keys put
 # `timestamp=` after `message=`: Vector's logfmt encoding)
-TIME_KEY_IN_TEXT = (r"\b(?:time|timestamp|ts|datetime)=\"?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
-                    r"(?:Z|[+-]\d{2}:?\d{2}\b)?)")
+TIME_KEY_IN_TEXT = r"\b(?:time|timestamp|ts|datetime)=\"?(" + _ISO_TIME + ")"
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 # (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`)
 IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m)?[=:]\s*\"?"
                     r"([^\s\",}\x1b]+)")
-_TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)  # in this order
-_RUNTIME_THEN_TIME_RE = re.compile(RUNTIME_THEN_TIME_IN_TEXT)
-_TIME_RE = re.compile(TIME_IN_TEXT)
-_TIME_KEY_RE = re.compile(TIME_KEY_IN_TEXT)
-_EPOCH_RE = re.compile(EPOCH_IN_TEXT)
-_TAGGED_EPOCH_RE = re.compile(TAGGED_EPOCH_IN_TEXT)
+# Where a text line's time is looked for, in this order (the SQL of a layout and `_time_in_text` alike): in the
+# text before the JSON, then anywhere in the line.
+_TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
+_TIME_ANYWHERE = (TIME_KEY_IN_TEXT,)
+_TIME_RES = [re.compile(p) for p in _TIME_PATTERNS]
+_TIME_ANYWHERE_RES = [re.compile(p) for p in _TIME_ANYWHERE]
 _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
 
 _decoder = json.JSONDecoder()
@@ -140,21 +147,22 @@ class Layout:
             time = "NULL::VARCHAR"
             if self.time is not None:
                 if self.time_in_text:
-                    time = _sql_text_field(raw, self.time, True, *_TIME_PATTERNS, anywhere=(TIME_KEY_IN_TEXT,))
+                    time = _sql_text_field(raw, self.time, True, *_TIME_PATTERNS, anywhere=_TIME_ANYWHERE)
                 else:
                     time, n = f"tt_all[{n}] ->> '$'", n + 1
             found = []
             for steps, in_text in self.identities:
                 if in_text:
-                    found.append(_sql_text_field(raw, steps, True, IDENTITY_IN_TEXT, whole_line=True))
+                    found.append(_sql_text_field(raw, steps, True, IDENTITY_IN_TEXT, anywhere=(IDENTITY_IN_TEXT,)))
                 else:
                     found.append(f"tt_all[{n}] ->> '$'")
                     n += 1
             identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
             return {"all": every, "v": v, "time_raw": time, "identity_raw": identity}
         v = _sql_values(raw, self.notif, [f[-1] for f in field_steps])
-        time = _sql_text_field(raw, self.time, self.time_in_text, *_TIME_PATTERNS, anywhere=(TIME_KEY_IN_TEXT,))
-        found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT, whole_line=True) for steps, in_text in self.identities]
+        time = _sql_text_field(raw, self.time, self.time_in_text, *_TIME_PATTERNS, anywhere=_TIME_ANYWHERE)
+        found = [_sql_text_field(raw, steps, in_text, IDENTITY_IN_TEXT, anywhere=(IDENTITY_IN_TEXT,))
+                 for steps, in_text in self.identities]
         identity = f"coalesce({', '.join(found)})" if found else "NULL::VARCHAR"
         return {"all": "NULL", "v": v, "time_raw": time, "identity_raw": identity}
 
@@ -522,8 +530,8 @@ def _time_candidate(node):
 
 
 def _time_in_text(text: _Text):
-    m = (_RUNTIME_THEN_TIME_RE.search(text.prefix) or _TIME_RE.search(text.prefix) or _EPOCH_RE.search(text.prefix)
-         or _TAGGED_EPOCH_RE.search(text.prefix) or _TIME_KEY_RE.search(text.whole))
+    searches = [(r, text.prefix) for r in _TIME_RES] + [(r, text.whole) for r in _TIME_ANYWHERE_RES]
+    m = next((m for r, where in searches if (m := r.search(where))), None)
     return m.group(1) if m else None
 
 
@@ -535,16 +543,16 @@ def _ingest_time_candidate(node):
     return None if best is None else (str(best[2]), best[1])
 
 
-def _identity_rank(key) -> tuple[int, str | None] | None:
-    """The rank of a user key, and the member it names when it is flattened: `user_id`, `@user_id`; ECS's
-    `user.name` as a key of its own (Kibana's CSV, a dotted key in `_source`), Datadog's `@usr.id`."""
+def _identity_rank(key) -> int | None:
+    """The rank of a user key: `user_id`, `@user_id`; flattened, ECS's `user.name` as a key of its own (Kibana's
+    CSV, a dotted key in `_source`), Datadog's `@usr.id`."""
     k = str(key).lower().lstrip("@")
     if k in _IDENTITY_RANK:
-        return _IDENTITY_RANK[k], None
+        return _IDENTITY_RANK[k]
     for sep in (".", "/", ":"):
         head, found, tail = k.partition(sep)
         if found and head in _IDENTITY_RANK and tail in _IDENTITY_SUBKEYS:
-            return _IDENTITY_RANK[head], tail
+            return _IDENTITY_RANK[head]
     return None
 
 
@@ -553,10 +561,9 @@ def _identity_candidate(node):
         return None
     best = None
     for key, value in node.items():
-        ranked = _identity_rank(key)
-        if ranked is None:
+        r = _identity_rank(key)
+        if r is None:
             continue
-        r = ranked[0]
         value, sub = _one_value(value)
         if isinstance(value, dict):
             inner = next((k for k in _IDENTITY_SUBKEYS if isinstance(value.get(k), str | int) and str(value[k])), None)
@@ -656,18 +663,15 @@ def _sql_values(raw: str, steps, last_steps) -> str:
     raise AssertionError("unreachable")
 
 
-def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, whole_line: bool = False,
-                    anywhere: tuple[str, ...] = ()) -> str:
+def _sql_text_field(raw: str, steps, in_text: bool, *patterns: str, anywhere: tuple[str, ...] = ()) -> str:
     """The first capture group of the first of `patterns` that finds something in the text before the JSON (the
-    later ones are evaluated only for the rows the earlier ones found nothing in); `whole_line`: failing those,
-    anywhere in the text (a user, as `_identity_in_text`); `anywhere`: patterns tried last, in the whole text."""
+    later ones are evaluated only for the rows the earlier ones found nothing in), failing those of `anywhere`
+    in the whole text (a user anywhere in the line, as `_identity_in_text`; a logfmt time key after the JSON)."""
     if steps is None:
         return "NULL::VARCHAR"
     if not in_text:
         return _sql_value(raw, steps, as_json=False)
     text = _sql_value(raw, steps, as_json=False) if steps else raw
     found = [f"nullif(regexp_extract(tt_text_prefix({text}), {_sql_str(p)}, 1), '')" for p in patterns]
-    if whole_line:
-        found += [f"nullif(regexp_extract({text}, {_sql_str(p)}, 1), '')" for p in patterns]
     found += [f"nullif(regexp_extract({text}, {_sql_str(p)}, 1), '')" for p in anywhere]
     return found[0] if len(found) == 1 else f"coalesce({', '.join(found)})"

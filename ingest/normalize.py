@@ -16,17 +16,9 @@ from __future__ import annotations
 import duckdb
 
 from ingest import fingerprint
+from ingest.locate import ZONE_ABBREVIATIONS
 
 # Macros: one time parser for every source and the excerpt mask (the fingerprints: `ingest.fingerprint`).
-# Zone abbreviations a server's local time is written with, and their offsets: only those with one common meaning.
-ZONE_ABBREVIATIONS = {
-    "WET": "+00:00", "WEST": "+01:00", "BST": "+01:00", "CET": "+01:00", "CEST": "+02:00", "EET": "+02:00",
-    "EEST": "+03:00", "MSK": "+03:00", "EST": "-05:00", "EDT": "-04:00", "CDT": "-05:00", "MST": "-07:00",
-    "MDT": "-06:00", "PST": "-08:00", "PDT": "-07:00", "AKST": "-09:00", "AKDT": "-08:00", "HST": "-10:00",
-    "JST": "+09:00", "KST": "+09:00", "HKT": "+08:00", "SGT": "+08:00", "AWST": "+08:00", "ACST": "+09:30",
-    "ACDT": "+10:30", "AEST": "+10:00", "AEDT": "+11:00", "NZST": "+12:00", "NZDT": "+13:00",
-}
-
 MACROS = r"""
 -- Placeholders log platforms write for "no value" (ClickHouse \N, Kibana's escaped '-, ...): not a value.
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
