@@ -84,8 +84,8 @@ TIME_IN_TEXT = (
     r"(\d{4}(?:-\d{2}-|/\d{2}/)\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z| ?[+-]\d{2}:?\d{2}\b| ?(?:UTC|GMT|"
     + "|".join(ZONE_ABBREVIATIONS) + r")\b)?"
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
-    # PHP's error_log: [17-Nov-2026 09:15:02 UTC]; a zone name after it is not taken (--timezone says it)
-    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}(?: UTC\b)?"
+    # PHP's error_log: [17-Nov-2026 09:15:02 UTC], or the zone of PHP's date.timezone ([... Europe/Berlin])
+    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}(?: UTC\b| [A-Z][A-Za-z_]+/[A-Za-z_/+-]+)?"
     r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
 )
 # A container runtime's time in front of the line a program wrote with its own time (`kubectl logs --timestamps`,
@@ -98,9 +98,10 @@ RUNTIME_THEN_TIME_IN_TEXT = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:
 TIME_KEY_IN_TEXT = r"\b(?:time|timestamp|ts|datetime)=\"?(" + _ISO_TIME + ")"
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
-# (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`)
-IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m)?[=:]\s*\"?"
-                    r"([^\s\",}\x1b]+)")
+# (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`; an object
+# printer quotes it: Python's repr `'user_id': 'alice'`)
+IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m|')?[=:]\s*[\"']?"
+                    r"([^\s\"',}\x1b]+)")
 # Where a text line's time is looked for, in this order (the SQL of a layout and `_time_in_text` alike): in the
 # text before the JSON, then anywhere in the line.
 _TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
@@ -196,7 +197,7 @@ def locate(text: str) -> Located:
             # a line break, or records parted by a bare CR. Both are kept aside, not the first alone.
             return Located(reason=f"two records on one line: another begins at column {e.colno} (files joined "
                                   "without a line break between them?)")
-        if stripped[0] in "{[" and not _embedded_json(stripped):
+        if stripped[0] in "{[" and not _embedded_json(stripped) and not _embedded_literal(stripped):
             where = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
             # an error at the very end (or a string never closed) is a record cut short; elsewhere, something in
             # it is not JSON (a hand-redacted `"auth_code": <redacted>`)
@@ -276,7 +277,7 @@ def _search(root: object, root_is_text: bool):
     chain)."""
     queue: list[tuple[object, tuple[Step, ...], _Chain, str | None]] = []
     if root_is_text:
-        parsed = _embedded_json(root)
+        parsed = _embedded_json(root) or _embedded_literal(root)
         if parsed is None:
             return None
         obj, prefix, kind = parsed
@@ -305,18 +306,59 @@ def _search(root: object, root_is_text: bool):
 def _enqueue(queue, value, steps, chain) -> None:
     if isinstance(value, dict | list):
         queue.append((value, steps, chain, None))
-    elif isinstance(value, str) and "{" in value and any(m in value for m in _MARKERS):
-        parsed = _embedded_json(value)
+    elif isinstance(value, str) and (_LITERAL_GATE.search(value) or any(m in value for m in _MARKERS)):
+        parsed = (_embedded_json(value) if "{" in value else None) or _embedded_literal(value)
         if parsed is not None:
             obj, prefix, kind = parsed
             queue.append((obj, (*steps, (kind,)), chain, _Text(prefix, value)))
 
 
-_PARSE_STEPS = ("p", "q")
+_PARSE_STEPS = ("p", "q", "r")
 # A JSON object written as a quoted string value in a text line: "{\"auth_code\":\"...\", ...}", maybe after text
 # in the same value (Vector's logfmt: message="tyk notification {\"auth_code\":...}")
 QUOTED_JSON_IN_TEXT = r'"((?:[^"\\]|\\.)*?\{\\"(?:[^"\\]|\\.)*)"'
 _QUOTED_JSON_RE = re.compile(QUOTED_JSON_IN_TEXT)
+
+# A notification printed by the receiver's language rather than as JSON: Python's repr ({'auth_code': '...'}),
+# Node's util.inspect ({ auth_code: '...' }), Ruby's and Elixir's inspect ("auth_code"=>"..."), PHP's print_r
+# ([auth_code] => ...) and var_export, Go's %v of a map (map[auth_code:...]) and %+v of a struct ({AuthCode:...}),
+# Java's and Kotlin's toString (authCode=...), C#'s ({ AuthCode = ... }), logfmt with a key per field. Each field is
+# found by its name in any case, with or without underscores, then a separator (: = =>) and its value, quoted or
+# bare (token characters only: a bare value must end where a token ends). The same patterns run in SQL
+# (`tt_literal`, ingest.normalize) and here. Text that writes the type as a JSON key ("notification_type":) is
+# JSON, broken: it is never read this way (a record cut short would load without its last fields).
+_LITERAL_KEYS = {
+    "notification_type": "notification_?type",
+    "auth_code": "auth_?code",
+    "new_oauth_token": "new_?o_?auth_?token",
+    "refresh_token": "refresh_?token",
+    "old_refresh_token": "old_?refresh_?token",
+}
+_LITERAL_VALUE = r"[A-Za-z0-9+/_.~-]*=*"
+
+
+def _literal_pattern(key: str) -> str:
+    """Group 1 the separator, group 2 the value of the field named like `key` (a _LITERAL_KEYS pattern)."""
+    return (r"(?i)(?:^|[^A-Za-z0-9_])(?:" + key + r")\\?[\"']?\]?[ \t\r\n]*(=>|:|=)[ \t\r\n]*(?:\\?[\"'])?("
+            + _LITERAL_VALUE + r")(?:\\?[\"'])?(?:[ \t\r\n,;)\]}>|&\\]|$)")
+
+
+_LITERAL_JSON_KEYED = r'(?i)\\?"notification_?type\\?"[ \t\r\n]*:'
+_LITERAL_RES = {field: re.compile(_literal_pattern(key)) for field, key in _LITERAL_KEYS.items()}
+_LITERAL_JSON_KEYED_RE = re.compile(_LITERAL_JSON_KEYED)
+_LITERAL_GATE = re.compile("(?i)" + _LITERAL_KEYS["notification_type"])
+
+
+def _embedded_literal(text: str):
+    """The notification an object printer wrote in `text` (see _LITERAL_KEYS): (fields found, the text before its
+    first `{` or all of it, "r"), or None. A field that is not there is left out."""
+    if not _LITERAL_GATE.search(text) or _LITERAL_JSON_KEYED_RE.search(text):
+        return None
+    found = {field: m.group(2) for field, rx in _LITERAL_RES.items() if (m := rx.search(text))}
+    if "notification_type" not in found:
+        return None
+    start = text.find("{")
+    return found, text[:start] if start >= 0 else text, "r"
 
 
 def _embedded_json(text: str):
@@ -599,6 +641,15 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+def literal_sql(text: str) -> str:
+    """`_embedded_literal` in SQL over the VARCHAR expression `text`: a JSON object of the fields (null where not
+    there), or NULL (the macro `tt_literal`, which `_sql_parse` calls for a step "r")."""
+    fields = ", ".join(f"'{field}', tt_kv(regexp_extract({text}, {_sql_str(_literal_pattern(key))}, ['sep', 'val']))"
+                       for field, key in _LITERAL_KEYS.items())
+    return (f"CASE WHEN regexp_matches({text}, {_sql_str(_LITERAL_GATE.pattern)}) "
+            f"AND NOT regexp_matches({text}, {_sql_str(_LITERAL_JSON_KEYED)}) THEN json_object({fields}) END")
+
+
 def _json_path(steps) -> str:
     parts = ["$"]
     for step in steps:
@@ -624,6 +675,8 @@ def _segments(steps):
 
 def _sql_parse(expr: str, kind: str) -> str:
     """The JSON text inside the text `expr`: after a prefix ("p"), or a quoted escaped string ("q")."""
+    if kind == "r":  # an object printer's text (_LITERAL_KEYS): its fields as a JSON object
+        return f"tt_literal({expr})"
     if kind == "q":  # unquoted, then (text may come first in the value) from its first `{"`
         return _sql_parse(
             f"""json_extract_string('"' || regexp_extract({expr}, {_sql_str(QUOTED_JSON_IN_TEXT)}, 1) || '"', '$')""", "p")

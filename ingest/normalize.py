@@ -16,16 +16,21 @@ from __future__ import annotations
 import duckdb
 
 from ingest import fingerprint
-from ingest.locate import ZONE_ABBREVIATIONS
+from ingest.locate import ZONE_ABBREVIATIONS, literal_sql
 
 # Macros: one time parser for every source and the excerpt mask (the fingerprints: `ingest.fingerprint`).
 MACROS = r"""
 -- Placeholders log platforms write for "no value" (ClickHouse \N, Kibana's escaped '-, ...): not a value.
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
-    CASE WHEN strlen(s) > 12 THEN s WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', '(null)', 'N/A', 'n/a', 'undefined')
+    CASE WHEN strlen(s) > 12 THEN s WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', 'nil', '(null)', 'N/A', 'n/a', 'undefined')
          THEN NULL ELSE trim(s) END;
 CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
     CASE WHEN starts_with(s, '{') THEN s WHEN strpos(s, '{') > 0 THEN substr(s, strpos(s, '{')) END;
+-- The fields of a notification an object printer wrote (Python's repr, Ruby's inspect, Go's %v...:
+-- `_embedded_literal` in ingest.locate) as a JSON object, a field not there as null; NULL for text without the type,
+-- or with it as a JSON key (broken JSON).
+CREATE OR REPLACE TEMP MACRO tt_kv(m) AS CASE WHEN m.sep <> '' THEN m.val END;
+CREATE OR REPLACE TEMP MACRO tt_literal(s) AS {LITERAL_FIELDS};
 CREATE OR REPLACE TEMP MACRO tt_text_prefix(s) AS
     CASE WHEN strpos(s, '{') > 0 THEN substr(s, 1, strpos(s, '{') - 1) ELSE s END;
 -- Epoch seconds, ms, us or ns (told apart by size), in exact decimal arithmetic and truncated to the microsecond, as
@@ -53,6 +58,11 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             tt_yearless(regexp_replace(regexp_replace(s, '[.][0-9]+$', ''), ' +', ' ', 'g'))
             + to_microseconds(floor(('0' || regexp_extract(s, '[.][0-9]+$'))::DECIMAL(38, 9) * 1000000)::BIGINT)
         WHEN regexp_full_match(s, '-?[0-9]{9,19}(\.[0-9]+)?') THEN tt_epoch(s::DECIMAL(38, 9))
+        -- PHP's error_log in the zone of its date.timezone: 17-Nov-2026 09:15:02 Europe/Berlin (DuckDB reads the
+        -- zone's name after an ISO time)
+        WHEN regexp_full_match(s, '[0-9]{2}-[A-Z][a-z]{2}-[0-9]{4} [0-9:]{8} [A-Z][A-Za-z_]+/[A-Za-z_/+-]+') THEN
+            try_cast(strftime(try_strptime(left(s, 20), '%d-%b-%Y %H:%M:%S'), '%Y-%m-%d %H:%M:%S') || substr(s, 21)
+                     AS TIMESTAMPTZ)::TIMESTAMP
         -- log4j2's JsonLayout: "instant": {"epochSecond": 1796288400, "nanoOfSecond": 123456789}
         WHEN starts_with(s, '{') THEN
             make_timestamp(try_cast(s ->> '$.epochSecond' AS BIGINT) * 1000000
@@ -121,7 +131,7 @@ CREATE OR REPLACE TEMP MACRO tt_type_name(t) AS
 
 MACROS = MACROS.replace(
     "MAP {ZONE_ABBREVIATIONS}", "MAP {" + ", ".join(f"'{k}': '{v}'" for k, v in ZONE_ABBREVIATIONS.items()) + "}"
-)
+).replace("{LITERAL_FIELDS}", literal_sql("s"))
 
 EXCERPT_CHARS = 240
 

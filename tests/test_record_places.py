@@ -8,8 +8,11 @@ import io
 import json
 from datetime import datetime
 
+import duckdb
 import pytest
 
+from ingest.locate import NOTIFICATION_FIELDS, _embedded_literal
+from ingest.normalize import install_macros
 from ingest.pipeline import ingest
 from tests.helpers import body
 
@@ -207,6 +210,20 @@ SHAPES = {
         f"{received} \x1b[36mINFO\x1b[0m tyk oauth notification \x1b[36mbody\x1b[0m={json.dumps(json.dumps(b))}"
         + (f" \x1b[36muser_id\x1b[0m={user}" if user else "") + "\n"
         for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
+    # Receivers that log the parsed body with their language's own printer, not as JSON (ingest.locate's
+    # _embedded_literal): structlog's console renderer (the dict's repr after `body=`, the user a key of its own)
+    "structlog console: the body's repr": lambda: "".join(
+        f"{received} [info     ] tyk oauth notification       body={b!r}" + (f" user_id={user}" if user else "") + "\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
+    # ... the receiver's own record printed whole: the user a key of the repr, the body a dict inside it
+    "python logging: the record's repr": lambda: "".join(
+        f"{received} INFO hook: {({'user_id': user, 'body': b} if user else {'body': b})!r}\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
+    # slog's or logrus's text handler given each field as an attribute of its own: a key per field
+    "logfmt: a key per field": lambda: "".join(
+        f"time={received} level=INFO msg=\"tyk oauth notification\" "
+        + " ".join(f"{k}={v}" for k, v in b.items()) + (f" user_id={user}" if user else "") + "\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
 }
 
 
@@ -220,3 +237,47 @@ def test_the_receivers_own_time_and_user_are_found(store, shape):
     chains = cur.execute("SELECT identity, events FROM chains").fetchall()
     assert chains == [("alice", 2)]  # no identity mapping given: the user on the login's record
 
+
+
+_T, _R, _O = "NWU5ZDk1NDRhMWRjZDYwMDAx", "sL2uJr9s-TiyORI9_whiGk", "y5NA+Rt5/U6kNqER7abi8c=="
+# text an object printer wrote -> the fields it holds (None: not read as a notification)
+PRINTED = {
+    f"{{'auth_code': 'A1', 'new_oauth_token': '{_T}', 'refresh_token': '{_R}', 'old_refresh_token': '', "
+    "'notification_type': 'new'}": ("new", "A1", _T, _R, ""),
+    # Go's map: keys sorted, an empty value is nothing (the next key is not its value)
+    f"map[auth_code: new_oauth_token:{_T} notification_type:refresh old_refresh_token:{_O} refresh_token:{_R}]":
+        ("refresh", "", _T, _R, _O),
+    f"map[auth_code:A1 new_oauth_token:{_T} notification_type:new old_refresh_token: refresh_token:{_R}]":
+        ("new", "A1", _T, _R, ""),
+    f"{{AuthCode:A1 NewOAuthToken:{_T} RefreshToken:{_R} OldRefreshToken: NotificationType:new}}":
+        ("new", "A1", _T, _R, ""),
+    f"TykNotification(authCode=, newOauthToken={_T}, refreshToken={_R}, oldRefreshToken={_O}, "
+    "notificationType=refresh)": ("refresh", "", _T, _R, _O),
+    # logfmt: an empty value before the next key, base64 padding kept
+    f"auth_code= new_oauth_token={_T} refresh_token={_R} old_refresh_token={_O} notification_type=refresh":
+        ("refresh", "", _T, _R, _O),
+    f"{{:auth_code=>nil, :new_oauth_token=>\"{_T}\", :refresh_token=>\"{_R}\", :old_refresh_token=>\"{_O}\", "
+    ":notification_type=>\"refresh\"}": ("refresh", "nil", _T, _R, _O),
+    f"Array\n(\n    [auth_code] => A1\n    [new_oauth_token] => {_T}\n    [refresh_token] => \n"
+    "    [old_refresh_token] => \n    [notification_type] => new\n)\n": ("new", "A1", _T, "", ""),
+    f"%{{\"auth_code\" => \"A1\", \"new_oauth_token\" => \"{_T}\", \"notification_type\" => \"new\", "
+    f"\"old_refresh_token\" => \"\", \"refresh_token\" => \"{_R}\"}}": ("new", "A1", _T, _R, ""),
+    # JSON cut short is broken JSON, never read field by field: it would load without its last fields
+    f'{{"notification_type":"new","auth_code":"A1","new_oauth_token":"{_T}","refresh_tok': None,
+    f'msg="{{\\"notification_type\\":\\"new\\",\\"auth_code\\":\\"A1\\",\\"new_oauth_token\\":\\"{_T}': None,
+    # token words without a notification's type: a client's own request, not a notification
+    f"POST /oauth/token grant_type=refresh_token&refresh_token={_R}": None,
+}
+
+
+@pytest.mark.parametrize("text", PRINTED, ids=range(len(PRINTED)))
+def test_object_printers_read_alike_in_python_and_sql(text):
+    """The fast path (SQL, `tt_literal`) and the record-by-record one (Python) find the same fields."""
+    found = _embedded_literal(text)
+    in_python = None if found is None else tuple(found[0].get(f) for f in NOTIFICATION_FIELDS)
+    con = duckdb.connect()
+    install_macros(con)
+    sql = con.execute("SELECT tt_literal(?)", [text]).fetchall()[0][0]
+    in_sql = None if sql is None else tuple(json.loads(sql)[f] for f in NOTIFICATION_FIELDS)
+    assert in_python == PRINTED[text]
+    assert in_sql == PRINTED[text]

@@ -41,7 +41,9 @@ TIMES = [
     ("2026-07-03 10:00:00 BST", "2026-07-03 09:00:00"),  # British Summer Time, not Bangladesh's
     ("2026-12-03 01:00:00 PST", "2026-12-03 09:00:00"),
     ("03-Dec-2026 09:00:00 UTC", "2026-12-03 09:00:00"),  # PHP's error_log
-    ("03-Dec-2026 09:00:00", "2026-12-03 09:00:00"),  # ... with date.timezone set to a region: no zone taken
+    ("03-Dec-2026 09:00:00", "2026-12-03 09:00:00"),
+    ("03-Dec-2026 10:00:00 Europe/Berlin", "2026-12-03 09:00:00"),  # ... in the zone of PHP's date.timezone
+    ("2026-12-03 04:00:00 America/New_York", "2026-12-03 09:00:00"),  # an ISO time and a zone's name
 ]
 
 
@@ -197,12 +199,14 @@ TEXT_LINES = [
      "2026-12-03 09:00:00.123456"),
     # PHP's error_log (date.timezone = UTC)
     ("[03-Dec-2026 09:00:00 UTC] tyk oauth notification ", "2026-12-03 09:00:00.000000"),
+    # ... with date.timezone set to a region: its name after the time
+    ("[03-Dec-2026 10:00:00 Europe/Berlin] tyk oauth notification ", "2026-12-03 09:00:00.000000"),
 ]
 
 
 @pytest.mark.parametrize(("start", "utc"), TEXT_LINES,
                          ids=["short-precise", "papertrail", "epoch-first", "short-full", "kubectl-timestamps", "cri",
-                              "php-error-log"])
+                              "php-error-log", "php-error-log-zone-name"])
 def test_times_in_text_lines(store, tmp_path, start, utc):
     path = tmp_path / "hook.log"
     path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
