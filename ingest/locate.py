@@ -322,7 +322,8 @@ _QUOTED_JSON_RE = re.compile(QUOTED_JSON_IN_TEXT)
 # A notification printed by the receiver's language rather than as JSON: Python's repr ({'auth_code': '...'}),
 # Node's util.inspect ({ auth_code: '...' }), Ruby's and Elixir's inspect ("auth_code"=>"..."), PHP's print_r
 # ([auth_code] => ...) and var_export, Go's %v of a map (map[auth_code:...]) and %+v of a struct ({AuthCode:...}),
-# Java's and Kotlin's toString (authCode=...), C#'s ({ AuthCode = ... }), logfmt with a key per field. Each field is
+# Java's and Kotlin's toString (authCode=...), C#'s ({ AuthCode = ... }), logfmt with a key per field; also a JSON
+# body whose quotes nginx's access log wrote as \x22 ($request_body without escape=json). Each field is
 # found by its name in any case, with or without underscores, then a separator (: = =>) and its value, quoted or
 # bare (token characters only: a bare value must end where a token ends). The same patterns run in SQL
 # (`tt_literal`, ingest.normalize) and here. Text that writes the type as a JSON key ("notification_type":) is
@@ -335,12 +336,14 @@ _LITERAL_KEYS = {
     "old_refresh_token": "old_?refresh_?token",
 }
 _LITERAL_VALUE = r"[A-Za-z0-9+/_.~-]*=*"
+# a quote, escaped or not, or nginx's \x22 (its access log escapes a logged request body's quotes so)
+_LITERAL_QUOTE = r"(?:\\?[\"']|\\x22)"
 
 
 def _literal_pattern(key: str) -> str:
     """Group 1 the separator, group 2 the value of the field named like `key` (a _LITERAL_KEYS pattern)."""
-    return (r"(?i)(?:^|[^A-Za-z0-9_])(?:" + key + r")\\?[\"']?\]?[ \t\r\n]*(=>|:|=)[ \t\r\n]*(?:\\?[\"'])?("
-            + _LITERAL_VALUE + r")(?:\\?[\"'])?(?:[ \t\r\n,;)\]}>|&\\]|$)")
+    return (r"(?i)(?:^|[^A-Za-z0-9_]|\\x22)(?:" + key + r")" + _LITERAL_QUOTE + r"?\]?[ \t\r\n]*(=>|:|=)[ \t\r\n]*"
+            + _LITERAL_QUOTE + "?(" + _LITERAL_VALUE + ")" + _LITERAL_QUOTE + r"?(?:[ \t\r\n,;)\]}>|&\\]|$)")
 
 
 _LITERAL_JSON_KEYED = r'(?i)\\?"notification_?type\\?"[ \t\r\n]*:'

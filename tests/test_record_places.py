@@ -262,6 +262,9 @@ PRINTED = {
     "    [old_refresh_token] => \n    [notification_type] => new\n)\n": ("new", "A1", _T, "", ""),
     f"%{{\"auth_code\" => \"A1\", \"new_oauth_token\" => \"{_T}\", \"notification_type\" => \"new\", "
     f"\"old_refresh_token\" => \"\", \"refresh_token\" => \"{_R}\"}}": ("new", "A1", _T, _R, ""),
+    # nginx's access log writes a logged body's quotes as \x22
+    f'"{{\\x22auth_code\\x22:\\x22A1\\x22,\\x22new_oauth_token\\x22:\\x22{_T}\\x22,\\x22refresh_token\\x22:\\x22{_R}\\x22,'
+    '\\x22old_refresh_token\\x22:\\x22\\x22,\\x22notification_type\\x22:\\x22new\\x22}"': ("new", "A1", _T, _R, ""),
     # JSON cut short is broken JSON, never read field by field: it would load without its last fields
     f'{{"notification_type":"new","auth_code":"A1","new_oauth_token":"{_T}","refresh_tok': None,
     f'msg="{{\\"notification_type\\":\\"new\\",\\"auth_code\\":\\"A1\\",\\"new_oauth_token\\":\\"{_T}': None,
