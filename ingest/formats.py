@@ -375,6 +375,8 @@ def sniff(name: str, sample: bytes) -> str:
             if stripped[0] == "[":
                 return "json-array"
             return "json-stream" if _json_values(sample) > 1 else "json-object"
+        if _spans_lines(lines[:2000]):  # "[17-Nov-2026 09:15:02 UTC] Array" and PHP's print_r on the lines after
+            return "text-multiline"
         return "text"  # e.g. "[2026-12-04 10:00:00] INFO ..." or a JSON Lines file with a broken line
     if _is_yaml_stream(lines[:40]):
         return "yaml"
@@ -388,9 +390,11 @@ def sniff(name: str, sample: bytes) -> str:
     return "text"
 
 
-# The start of a log line: a time (ISO-like, Go's log package, classic syslog, bracketed) or an epoch number.
+# The start of a log line: a time (ISO-like, Go's log package, classic syslog, bracketed, PHP's error_log, after
+# Ruby's Logger's severity letter) or an epoch number.
 _RECORD_START = re.compile(
-    r"^\[?(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\d{4}/\d{2}/\d{2} \d{2}:\d{2}|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}|\d{10,19}\b)"
+    r"^(?:[DIWEFA], )?\[?(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\d{4}/\d{2}/\d{2} \d{2}:\d{2}|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}"
+    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}|\d{10,19}\b)"
 )
 
 
