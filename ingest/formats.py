@@ -721,7 +721,8 @@ def records_prefix(sample: bytes) -> str:
     A document that is one record gives "". The sample may hold several documents (pages) one after another.
     """
     containers: set[str] = set()
-    pair_maps: set[str] = set()  # objects with a "field" key: {"field": "@message", "value": "..."} pairs
+    # objects with a "field" or a "key" key: {"field": "@message", "value": "..."}, {"key": "user_id", "value": {...}}
+    pair_maps: set[str] = set()
     first_array_item: str | None = None
     named: tuple[str, str] | None = None  # a column list naming a Tyk field: (the list, where its rows are)
     try:
@@ -736,7 +737,7 @@ def records_prefix(sample: bytes) -> str:
             hit = None
             if event == "map_key" and value.endswith(NOTIFICATION_MARKERS):  # also flattened: body.auth_code
                 hit = prefix.split(".") if prefix else []
-            elif event == "map_key" and value == "field":
+            elif event == "map_key" and value in ("field", "key"):
                 pair_maps.add(prefix)
             elif event == "string" and any(m in value for m in NOTIFICATION_MARKERS):
                 column = _column_list(prefix)
@@ -754,7 +755,8 @@ def records_prefix(sample: bytes) -> str:
             if hit is not None:
                 for end in range(len(hit), 0, -1):
                     candidate = ".".join(hit[:end])
-                    if hit[end - 1] == "item" and candidate in containers:
+                    # (a {"key", "value"} pair is never a record: OpenTelemetry's attributes, a kvlistValue body)
+                    if hit[end - 1] == "item" and candidate in containers and candidate not in pair_maps:
                         return candidate
                 return ""
     except ijson.JSONError:

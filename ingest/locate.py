@@ -114,7 +114,8 @@ _decoder = json.JSONDecoder()
 
 # Path steps: ("k", key) object member, ("i", n) array element, ("p",) parse the JSON inside a string (after a
 # text prefix), ("q",) parse the JSON that a text line carries as a quoted, backslash-escaped string value
-# (logfmt / Go slog: body="{\"auth_code\":...}").
+# (logfmt / Go slog: body="{\"auth_code\":...}"), ("r",) read the fields an object printer wrote
+# (`_embedded_literal`), ("kv",) read a list of key/value pairs as an object (`_Pairs`).
 Step = tuple
 
 
@@ -298,6 +299,10 @@ def _search(root: object, root_is_text: bool):
                 if key not in _NOT_RECORD_KEYS:
                     _enqueue(queue, value, (*steps, ("k", key)), here)
         elif isinstance(node, list):
+            pairs = _Pairs.of(node)
+            if pairs is not None:  # key/value pairs: searched as the object they stand for, in the list's place
+                queue.append((pairs, (*steps, ("kv",)), chain, None))
+                continue
             for i, value in enumerate(node[:50]):
                 _enqueue(queue, value, (*steps, ("i", i)), here)
     return None
@@ -313,7 +318,7 @@ def _enqueue(queue, value, steps, chain) -> None:
             queue.append((obj, (*steps, (kind,)), chain, _Text(prefix, value)))
 
 
-_PARSE_STEPS = ("p", "q", "r")
+_PARSE_STEPS = ("p", "q", "r", "kv")
 # A JSON object written as a quoted string value in a text line: "{\"auth_code\":\"...\", ...}", maybe after text
 # in the same value (Vector's logfmt: message="tyk notification {\"auth_code\":...}")
 QUOTED_JSON_IN_TEXT = r'"((?:[^"\\]|\\.)*?\{\\"(?:[^"\\]|\\.)*)"'
@@ -491,6 +496,10 @@ def _at_level(node, candidate):
     return None
 
 
+# The kinds of an OpenTelemetry AnyValue ({"stringValue": "alice"}): a pair's value is the one inside
+_ANY_VALUES = ("stringValue", "intValue", "boolValue", "doubleValue", "bytesValue", "kvlistValue", "arrayValue")
+
+
 class _Pairs(dict):
     """A list of key/value pairs read as the object it stands for: OpenTelemetry's attributes,
     [{"key": "user_id", "value": {"stringValue": "alice"}}, ...], as {"user_id": "alice"}. `steps` leads from
@@ -507,7 +516,7 @@ class _Pairs(dict):
         pairs.steps = {}
         for n, item in enumerate(items[:50]):
             value, inner = item["value"], (("i", n), ("k", "value"))
-            if isinstance(value, dict) and len(value) == 1:  # an OTLP AnyValue: {"stringValue": "alice"}
+            if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _ANY_VALUES:  # {"stringValue": "alice"}
                 (kind, value), = value.items()
                 inner = (*inner, ("k", kind))
             pairs.setdefault(item["key"], value)
@@ -678,6 +687,10 @@ def _segments(steps):
 
 def _sql_parse(expr: str, kind: str) -> str:
     """The JSON text inside the text `expr`: after a prefix ("p"), or a quoted escaped string ("q")."""
+    if kind == "kv":  # a list of key/value pairs (`_Pairs`) as the object it stands for, AnyValues unwrapped
+        return (f"to_json(map_from_entries(list_transform(json_transform({expr}, '[{{\"key\":\"VARCHAR\",\"value\":\"JSON\"}}]'), "
+                "lambda p: {'key': p.key, 'value': coalesce(" + ", ".join(f"p.value -> '$.{kind}'" for kind in _ANY_VALUES)
+                + ", p.value)})))")
     if kind == "r":  # an object printer's text (_LITERAL_KEYS): its fields as a JSON object
         return f"tt_literal({expr})"
     if kind == "q":  # unquoted, then (text may come first in the value) from its first `{"`

@@ -126,6 +126,15 @@ def _epoch_instant(iso: str) -> dict:
     return {"epochSecond": int(t.timestamp()), "nanoOfSecond": t.microsecond * 1000}
 
 
+def _otel_pairs(d: dict) -> list:
+    """An object as OpenTelemetry's key/value pairs of AnyValues."""
+    def any_value(v):
+        if isinstance(v, dict):
+            return v
+        return {"doubleValue": v} if isinstance(v, float) else {"stringValue": v}
+    return [{"key": k, "value": any_value(v)} for k, v in d.items()]
+
+
 SHAPES = {
     "text line, user_id=": _text_lines,
     "logfmt, quoted body": _logfmt,
@@ -188,6 +197,25 @@ SHAPES = {
              "severityText": "INFO", "body": {"stringValue": json.dumps(b)},
              "attributes": [{"key": "http.response.status_code", "value": {"intValue": "200"}},
                             *([{"key": "enduser.id", "value": {"stringValue": user}}] if user else [])]}
+            for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
+                                               (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
+    # ... the collector's json_parser with `parse_to: body`: the receiver's JSON line as a key/value map
+    # (kvlistValue), the Tyk body a map inside it; the records of a batch are found past the pairs
+    "opentelemetry collector file, the body a key/value map": lambda: (json.dumps({"resourceLogs": [{
+        "resource": {}, "scopeLogs": [{"scope": {}, "logRecords": [
+            {"observedTimeUnixNano": str(_epoch_ns(shipped)),
+             "body": {"kvlistValue": {"values": _otel_pairs({
+                 "received_at": received, "level": "info", **({"user_id": user} if user else {}),
+                 "status": 200.0, "body": {"kvlistValue": {"values": _otel_pairs(b)}}})}},
+             "attributes": _otel_pairs({"log.file.name": "hook.jsonl"})}
+            for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
+                                               (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
+    # ... its default `parse_to: attributes`, the body moved there too: the Tyk fields are attributes
+    "opentelemetry collector file, the fields as attributes": lambda: (json.dumps({"resourceLogs": [{
+        "resource": {}, "scopeLogs": [{"scope": {}, "logRecords": [
+            {"timeUnixNano": str(_epoch_ns(received)), "observedTimeUnixNano": str(_epoch_ns(shipped)),
+             "body": {"stringValue": "tyk oauth notification"},
+             "attributes": _otel_pairs({**b, **({"enduser.id": user} if user else {})})}
             for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
                                                (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
     # Vector's logfmt encoding of a file source: keys sorted, so the time comes after a message that holds the
