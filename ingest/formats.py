@@ -348,6 +348,8 @@ def sniff(name: str, sample: bytes) -> str:
             f"{name}: not a log export: an XML document that is not Splunk search results (<results><result>); "
             "export the logs as JSON, CSV or plain text"
         )
+    if stripped[:1] == "{" and len(lines) > 1 and lines[0].strip() == "{" and _RUBY_MEMBER.match(lines[1]):
+        return "text-multiline"  # Ruby hashes over lines (Logstash's rubydebug): read by the fields' names
     if stripped[:1] in "{[":
         complete = [ln.strip() for ln in lines[:3]] if len(probe) < 65536 or len(lines) > 3 else []
         if len(complete) >= 2 and _is_json(complete[0]) and _is_json(complete[1]):
@@ -391,22 +393,37 @@ def sniff(name: str, sample: bytes) -> str:
 
 
 # The start of a log line: a time (ISO-like, Go's log package, classic syslog, bracketed, PHP's error_log, after
-# Ruby's Logger's severity letter) or an epoch number.
+# Ruby's Logger's severity letter, java.util.logging's `Nov 17, 2026 8:01:33 AM`), an epoch number, or Rails's
+# `Started POST "/hook" for ... at <time>` (in development its request's other lines carry no time).
 _RECORD_START = re.compile(
     r"^(?:[DIWEFA], )?\[?(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\d{4}/\d{2}/\d{2} \d{2}:\d{2}|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}"
-    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}|\d{10,19}\b)"
+    r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}|[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} [AP]M\b|\d{10,19}\b"
+    r'|Started [A-Z]+ "[^"]*" for \S+ at \d{4}-)'
 )
+# A notification's field names, as JSON writes them or an object printer (`notificationType`, `NewOAuthToken`)
+_FIELD_NAME = re.compile(r"(?i)notification_?type|new_?o_?auth_?token|old_?refresh_?token")
+_TYPE_NAME = re.compile(r"(?i)notification_?type")
+# java.util.logging's message line, under its time line
+_JUL_MESSAGE = re.compile(r"^(?:SEVERE|WARNING|INFO|CONFIG|FINE|FINER|FINEST): ")
+
+
+# A member of a Ruby hash printed over lines: `    "auth_code" => "...",` (Logstash's rubydebug)
+_RUBY_MEMBER = re.compile(r'^\s+"[^"]+" => ')
 
 
 def _spans_lines(lines: list[str]) -> bool:
     """Text whose records span several lines: each begins with a time, and a notification's own field names sit
     on lines of their own, as fragments of an object (`"notification_type": "new",`: `aws logs tail --format
-    json` pretty-prints a JSON message under its time and stream). Lines that only continue a record (a stack
+    json` pretty-prints a JSON message under its time and stream; Node's util.inspect, Python's pprint). Lines that only continue a record (a stack
     trace), or lines that are records of their own (JSON Lines after a line of text), are read line by line."""
-    if not lines or not _RECORD_START.match(lines[0]):
+    if not any(_RECORD_START.match(ln) for ln in lines[:50]):  # (a server's banner may come first)
         return False
-    marked = [ln for ln in lines if not _RECORD_START.match(ln) and any(m in ln for m in NOTIFICATION_MARKERS)]
-    return bool(marked) and not any("{" in ln or "}" in ln for ln in marked)
+    marked = [ln for ln in lines if not _RECORD_START.match(ln) and _FIELD_NAME.search(ln)]
+    # A line that continues a record is a fragment of an object (no braces, or one: `{'auth_code': ...,` from
+    # Python's pprint), indented (Phoenix's `  Parameters: %{...}`) or java.util.logging's message line after its
+    # time line; a line with a whole object of its own, not indented, is a record of its own.
+    return bool(marked) and all(ln[:1] in " \t" or _JUL_MESSAGE.match(ln) or not ("{" in ln and "}" in ln)
+                                for ln in marked)
 
 
 _YAML_KEY = re.compile(r"^\s*(- )?[A-Za-z_@][\w@.\-/]*:(\s|$)")
@@ -1229,7 +1246,15 @@ def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
 
     try:
         for line_no, line in enumerate(text, 1):
-            if _RECORD_START.match(line) or not record or len(record) >= MULTILINE_MAX_LINES:
+            if _RUBY_MEMBER.match(line) and len(record) > 1 and record[-1].rstrip() == "{":
+                # a Ruby hash printed over lines (Logstash's rubydebug) opens a record of its own: its "{" line
+                # was taken for the end of the one before
+                record.pop()
+                flush()
+                record, start = ["{\n"], line_no - 1
+            # (a second notification never joins a record: a line that names the type again starts one)
+            again = _TYPE_NAME.search(line) is not None and any(_TYPE_NAME.search(ln) for ln in record)
+            if _RECORD_START.match(line) or not record or again or len(record) >= MULTILINE_MAX_LINES:
                 flush()
                 record, start = [line], line_no
                 if len(batch) >= BATCH_RECORDS:

@@ -86,7 +86,9 @@ TIME_IN_TEXT = (
     r"|\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?"
     # PHP's error_log: [17-Nov-2026 09:15:02 UTC], or the zone of PHP's date.timezone ([... Europe/Berlin])
     r"|\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}(?: UTC\b| [A-Z][A-Za-z_]+/[A-Za-z_/+-]+)?"
-    r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b)"
+    r"|^[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}(?:\.\d+)?\b"
+    # java.util.logging's SimpleFormatter: Nov 17, 2026 8:01:33 AM
+    r"|^[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} [AP]M\b)"
 )
 # A container runtime's time in front of the line a program wrote with its own time (`kubectl logs --timestamps`,
 # `docker logs -t`, CRI log files' `<time> stdout F <line>`): the program's time is the receiver's, tried first.
@@ -95,13 +97,14 @@ RUNTIME_THEN_TIME_IN_TEXT = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:
                              r"(?:(?:stdout|stderr) [FP] )?\[?(" + _ISO_TIME + ")")
 # Failing any time before the JSON: a logfmt time key after it (logfmt writers that sort their keys put
 # `timestamp=` after `message=`: Vector's logfmt encoding)
-TIME_KEY_IN_TEXT = r"\b(?:time|timestamp|ts|datetime)=\"?(" + _ISO_TIME + ")"
+# (or a Ruby hash's: Logstash's rubydebug writes `"@timestamp" => 2026-11-17T08:01:33.400120Z`)
+TIME_KEY_IN_TEXT = r"\b(?:time|timestamp|ts|datetime)(?:=|\"? ?=> ?)\"?(" + _ISO_TIME + ")"
 EPOCH_IN_TEXT = r"^(\d{10}(?:\.\d+)?|\d{13,19})\b"
 TAGGED_EPOCH_IN_TEXT = r"^[\w.\-/]+: \[(\d{10}(?:\.\d+)?|\d{13,19})\b"
 # (a terminal's colour codes may sit around a key: logrus on a TTY writes `\x1b[36muser_id\x1b[0m=alice`; an object
-# printer quotes it: Python's repr `'user_id': 'alice'`)
-IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:\x1b\[[\d;]*m|')?[=:]\s*[\"']?"
-                    r"([^\s\"',}\x1b]+)")
+# printer quotes it: Python's repr `'user_id': 'alice'`, Ruby's `"user_id" => "alice"`)
+IDENTITY_IN_TEXT = (r"(?:\b|\x1b\[[\d;]*m)(?:user_id|user|sub|identity|username|alias)(?:(?:\x1b\[[\d;]*m|')?[=:]|\"? ?=>)"
+                    r"\s*[\"']?([^\s\"',}\x1b]+)")
 # Where a text line's time is looked for, in this order (the SQL of a layout and `_time_in_text` alike): in the
 # text before the JSON, then anywhere in the line.
 _TIME_PATTERNS = (RUNTIME_THEN_TIME_IN_TEXT, TIME_IN_TEXT, EPOCH_IN_TEXT, TAGGED_EPOCH_IN_TEXT)
@@ -109,6 +112,7 @@ _TIME_ANYWHERE = (TIME_KEY_IN_TEXT,)
 _TIME_RES = [re.compile(p) for p in _TIME_PATTERNS]
 _TIME_ANYWHERE_RES = [re.compile(p) for p in _TIME_ANYWHERE]
 _IDENTITY_RE = re.compile(IDENTITY_IN_TEXT)
+_TIME_ISH = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:|\d{2}-[A-Z][a-z]{2}-\d{4} |\d{2}/[A-Z][a-z]{2}/\d{4}:")
 
 _decoder = json.JSONDecoder()
 
@@ -198,7 +202,9 @@ def locate(text: str) -> Located:
             # a line break, or records parted by a bare CR. Both are kept aside, not the first alone.
             return Located(reason=f"two records on one line: another begins at column {e.colno} (files joined "
                                   "without a line break between them?)")
-        if stripped[0] in "{[" and not _embedded_json(stripped) and not _embedded_literal(stripped):
+        # (a text line that starts with a bracketed time, `[2026-11-17T07:59:58,102][INFO ]`, is not JSON)
+        log_line = stripped[0] == "[" and _TIME_ISH.match(stripped, 1) is not None
+        if stripped[0] in "{[" and not log_line and not _embedded_json(stripped) and not _embedded_literal(stripped):
             where = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
             # an error at the very end (or a string never closed) is a record cut short; elsewhere, something in
             # it is not JSON (a hand-redacted `"auth_code": <redacted>`)
@@ -346,9 +352,13 @@ _LITERAL_QUOTE = r"(?:\\?[\"']|\\x22)"
 
 
 def _literal_pattern(key: str) -> str:
-    """Group 1 the separator, group 2 the value of the field named like `key` (a _LITERAL_KEYS pattern)."""
-    return (r"(?i)(?:^|[^A-Za-z0-9_]|\\x22)(?:" + key + r")" + _LITERAL_QUOTE + r"?\]?[ \t\r\n]*(=>|:|=)[ \t\r\n]*"
-            + _LITERAL_QUOTE + "?(" + _LITERAL_VALUE + ")" + _LITERAL_QUOTE + r"?(?:[ \t\r\n,;)\]}>|&\\]|$)")
+    """Group 1 the separator, group 2 the value of the field named like `key` (a _LITERAL_KEYS pattern). A bare
+    value may follow spaces only when spaces come before the separator too (`[key] => value`, `Key = value`):
+    in `old_refresh_token= refresh_token=` (logfmt, Go's map) the first value is empty, not the next key."""
+    space, sep = r"[ \t\r\n]", "(?:=>|:|=)"
+    return (r"(?i)(?:^|[^A-Za-z0-9_]|\\x22)(?:" + key + r")" + _LITERAL_QUOTE + r"?\]?"
+            + f"({space}+{sep}{space}*{_LITERAL_QUOTE}?|{sep}(?:{space}*{_LITERAL_QUOTE})?)"
+            + "(" + _LITERAL_VALUE + ")" + _LITERAL_QUOTE + r"?(?:[ \t\r\n,;)\]}>|&\\]|$)")
 
 
 _LITERAL_JSON_KEYED = r'(?i)\\?"notification_?type\\?"[ \t\r\n]*:'

@@ -21,8 +21,11 @@ from ingest.locate import ZONE_ABBREVIATIONS, literal_sql
 # Macros: one time parser for every source and the excerpt mask (the fingerprints: `ingest.fingerprint`).
 MACROS = r"""
 -- Placeholders log platforms write for "no value" (ClickHouse \N, Kibana's escaped '-, ...): not a value.
+-- A logger's redaction of a secret ([FILTERED]: Rails's filter_parameters; [REDACTED]: pino, structlog...) is not a
+-- value either: a token stored as "[REDACTED]" would link every event that shows it.
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
-    CASE WHEN strlen(s) > 12 THEN s WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', 'nil', '(null)', 'N/A', 'n/a', 'undefined')
+    CASE WHEN strlen(s) > 12 THEN s WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', 'nil', '(null)', 'N/A', 'n/a', 'undefined',
+                                                  '[FILTERED]', '[REDACTED]', '[redacted]', 'REDACTED', '<redacted>', '***')
          THEN NULL ELSE trim(s) END;
 CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
     CASE WHEN starts_with(s, '{') THEN s WHEN strpos(s, '{') > 0 THEN substr(s, strpos(s, '{')) END;
@@ -79,7 +82,7 @@ CREATE OR REPLACE TEMP MACRO tt_time_other(s) AS
             try_strptime(regexp_replace(regexp_replace(s, '(\d)(st|nd|rd|th) ', '\1 '), '([.][0-9]{6})[0-9]+$', '\1'),
                 ['%b %d, %Y @ %H:%M:%S.%g', '%b %d, %Y @ %H:%M:%S', '%b %d, %Y @ %H:%M:%S.%f', '%B %d %Y, %H:%M:%S.%g', '%B %d %Y, %H:%M:%S',
                  '%m/%d/%Y %H:%M:%S.%g', '%m/%d/%Y %H:%M:%S', '%m/%d/%Y %I:%M:%S %p', '%m/%d/%Y %I:%M:%S.%g %p',
-                 '%m/%d/%Y, %I:%M:%S.%g %p', '%m/%d/%Y, %I:%M:%S %p',
+                 '%m/%d/%Y, %I:%M:%S.%g %p', '%m/%d/%Y, %I:%M:%S %p', '%b %d, %Y %I:%M:%S %p',
                  '%d/%m/%Y %H:%M:%S', '%Y/%m/%d %H:%M:%S', '%Y/%m/%d %H:%M:%S.%g', '%d-%b-%Y %H:%M:%S',
                  '%a %b %d %H:%M:%S %Y', '%d %b %Y %H:%M:%S.%g', '%d %b %Y %H:%M:%S']),
             try_strptime(s, ['%d/%b/%Y:%H:%M:%S %z', '%a, %d %b %Y %H:%M:%S %z', '%Y-%m-%dT%H:%M:%S%z',
@@ -171,6 +174,9 @@ WITH x AS NOT MATERIALIZED (
         {_field_check(3, "new_oauth_token")}
         {_field_check(4, "refresh_token")}
         {_field_check(5, "old_refresh_token")}
+        WHEN (access_token IS NULL OR ntype = 'refresh' AND old_refresh_token IS NULL)
+             AND regexp_matches(raw, '\\[(FILTERED|REDACTED)\\]|<redacted>', 'i')
+            THEN 'token values redacted by the logger ([FILTERED], [REDACTED]): a chain cannot be followed without them'
         WHEN access_token IS NULL THEN 'missing token field new_oauth_token'
         WHEN ntype = 'refresh' AND old_refresh_token IS NULL
             THEN 'missing token field old_refresh_token (a refresh must name the token it used)'

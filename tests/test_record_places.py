@@ -218,6 +218,20 @@ SHAPES = {
              "attributes": _otel_pairs({**b, **({"enduser.id": user} if user else {})})}
             for b, received, shipped, user in ((LOGIN, RECEIVED[0], SHIPPED[0], "alice"),
                                                (REFRESH, RECEIVED[1], SHIPPED[1], None))]}]}]}) + "\n").encode(),
+    # ... printed over several lines, under the line with the time: Python's pprint (the first line holds the
+    # opening brace, the last the closing one)
+    "python pprint over lines": lambda: ("".join(
+        f"{received} INFO hook: tyk oauth notification" + (f" user_id={user}" if user else "") + " {"
+        + ",\n ".join(f"{k!r}: {v!r}" for k, v in sorted(b.items())) + "}\n"
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None)))).encode(),
+    # Tyk posting to a Logstash http input, printed by the stdout output's rubydebug codec: a Ruby hash over lines,
+    # `"key" => value`, the time unquoted, nested hashes indented
+    "logstash rubydebug": lambda: "".join(
+        "{\n" + f'           "@timestamp" => {received},\n' + '             "@version" => "1",\n'
+        + "".join(f'{json.dumps(k):>23} => {json.dumps(v)},\n' for k, v in b.items())
+        + (f'              "user_id" => "{user}",\n' if user else "")
+        + '                 "host" => {\n        "ip" => "10.42.0.5"\n    }\n}\n'
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
     # Vector's logfmt encoding of a file source: keys sorted, so the time comes after a message that holds the
     # receiver's text line with its JSON
     "vector logfmt: text and JSON in the message, the time after it": lambda: "".join(
@@ -284,6 +298,9 @@ PRINTED = {
     # logfmt: an empty value before the next key, base64 padding kept
     f"auth_code= new_oauth_token={_T} refresh_token={_R} old_refresh_token={_O} notification_type=refresh":
         ("refresh", "", _T, _R, _O),
+    # logrus's text formatter, the client_credentials grant: the last two values empty (not the next key)
+    f"time=\"2026-11-17T08:00:01Z\" level=info msg=\"tyk notification\" auth_code= new_oauth_token={_T} "
+    "notification_type=new old_refresh_token= refresh_token=": ("new", "", _T, "", ""),
     f"{{:auth_code=>nil, :new_oauth_token=>\"{_T}\", :refresh_token=>\"{_R}\", :old_refresh_token=>\"{_O}\", "
     ":notification_type=>\"refresh\"}": ("refresh", "nil", _T, _R, _O),
     f"Array\n(\n    [auth_code] => A1\n    [new_oauth_token] => {_T}\n    [refresh_token] => \n"
@@ -312,3 +329,19 @@ def test_object_printers_read_alike_in_python_and_sql(text):
     in_sql = None if sql is None else tuple(json.loads(sql)[f] for f in NOTIFICATION_FIELDS)
     assert in_python == PRINTED[text]
     assert in_sql == PRINTED[text]
+
+
+def test_rails_development_log_takes_the_time_of_the_started_line(store):
+    """Rails in development writes a request over several lines, the time (to the second) only on `Started`."""
+    text = "".join(
+        f'Started POST "/tyk/hook" for 10.42.0.9 at {received} +0100\n'
+        "Processing by TykHooksController#create as HTML\n"
+        "  Parameters: {" + ", ".join(f'"{k}"=>"{v}"' for k, v in b.items()) + (f', "user_id"=>"{user}"' if user else "")
+        + "}\nCompleted 200 OK in 2ms (ActiveRecord: 0.0ms | Allocations: 587)\n\n\n"
+        for b, received, user in ((LOGIN, "2026-12-03 10:00:00", "alice"), (REFRESH, "2026-12-03 10:40:00", None)))
+    report = ingest(store, [("development.log", io.BytesIO(text.encode()))])
+    assert (report.files[0].rejected, report.files[0].untimed) == (0, 0), report.files[0]
+    cur = store.cursor()
+    times = [t.isoformat() for (t,) in cur.execute("SELECT first_seen FROM events ORDER BY first_seen").fetchall()]
+    assert times == ["2026-12-03T09:00:00", "2026-12-03T09:40:00"]
+    assert cur.execute("SELECT identity, events FROM chains").fetchall() == [("alice", 2)]

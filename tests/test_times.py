@@ -42,6 +42,7 @@ TIMES = [
     ("2026-12-03 01:00:00 PST", "2026-12-03 09:00:00"),
     ("03-Dec-2026 09:00:00 UTC", "2026-12-03 09:00:00"),  # PHP's error_log
     ("03-Dec-2026 09:00:00", "2026-12-03 09:00:00"),
+    ("Dec 3, 2026 9:00:00 AM", "2026-12-03 09:00:00"),  # java.util.logging's SimpleFormatter
     ("03-Dec-2026 10:00:00 Europe/Berlin", "2026-12-03 09:00:00"),  # ... in the zone of PHP's date.timezone
     ("2026-12-03 04:00:00 America/New_York", "2026-12-03 09:00:00"),  # an ISO time and a zone's name
 ]
@@ -144,7 +145,7 @@ def test_classic_syslog_years_come_from_when_the_file_was_written(store, tmp_pat
 # move; a time with a zone, an offset or a zone name, and an epoch number, is one instant whatever the option.
 ZONELESS = {"2026-12-03 09:00:00.123456", "2026-12-03 09:00:00,123", "Dec 3, 2026 @ 09:00:00.123",
             "12/03/2026 09:00:00", "12/3/2026, 9:00:00.123 AM", "Dec 3, 2026 @ 09:00:00.123456789",
-            "03-Dec-2026 09:00:00"}
+            "03-Dec-2026 09:00:00", "Dec 3, 2026 9:00:00 AM"}
 
 
 @pytest.mark.parametrize(("text", "utc"), TIMES, ids=[t for t, _ in TIMES])
@@ -201,12 +202,15 @@ TEXT_LINES = [
     ("[03-Dec-2026 09:00:00 UTC] tyk oauth notification ", "2026-12-03 09:00:00.000000"),
     # ... with date.timezone set to a region: its name after the time
     ("[03-Dec-2026 10:00:00 Europe/Berlin] tyk oauth notification ", "2026-12-03 09:00:00.000000"),
+    # java.util.logging: the time on a line of its own, the message on the next
+    ("Dec 3, 2026 9:00:00 AM com.example.hook.HookHandler handle\nINFO: tyk oauth notification ",
+     "2026-12-03 09:00:00.000000"),
 ]
 
 
 @pytest.mark.parametrize(("start", "utc"), TEXT_LINES,
                          ids=["short-precise", "papertrail", "epoch-first", "short-full", "kubectl-timestamps", "cri",
-                              "php-error-log", "php-error-log-zone-name"])
+                              "php-error-log", "php-error-log-zone-name", "java-util-logging"])
 def test_times_in_text_lines(store, tmp_path, start, utc):
     path = tmp_path / "hook.log"
     path.write_text(start + json.dumps(body("new", "T1", "R1", code="A1")) + "\n")
