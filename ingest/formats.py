@@ -419,10 +419,11 @@ def _spans_lines(lines: list[str]) -> bool:
     if not any(_RECORD_START.match(ln) for ln in lines[:50]):  # (a server's banner may come first)
         return False
     marked = [ln for ln in lines if not _RECORD_START.match(ln) and _FIELD_NAME.search(ln)]
-    # A line that continues a record is a fragment of an object (no braces, or one: `{'auth_code': ...,` from
-    # Python's pprint), indented (Phoenix's `  Parameters: %{...}`) or java.util.logging's message line after its
-    # time line; a line with a whole object of its own, not indented, is a record of its own.
-    return bool(marked) and all(ln[:1] in " \t" or _JUL_MESSAGE.match(ln) or not ("{" in ln and "}" in ln)
+    # A line that continues a record is indented (Phoenix's `  Parameters: %{...}`), java.util.logging's message
+    # line after its time line, or a fragment of an object: one field, at most one brace (`{'auth_code': ...,`
+    # from Python's pprint). A line with a whole notification, not indented, is a record of its own.
+    return bool(marked) and all(ln[:1] in " \t" or _JUL_MESSAGE.match(ln)
+                                or not ("{" in ln and "}" in ln or len(_FIELD_NAME.findall(ln)) >= 2)
                                 for ln in marked)
 
 
@@ -1252,8 +1253,10 @@ def _read_multiline(name: str, stream: BinaryIO) -> Iterator[pa.Table]:
                 record.pop()
                 flush()
                 record, start = ["{\n"], line_no - 1
-            # (a second notification never joins a record: a line that names the type again starts one)
-            again = _TYPE_NAME.search(line) is not None and any(_TYPE_NAME.search(ln) for ln in record)
+            # (a second notification never joins a record: a line, not indented, that names the type again starts
+            # one; an indented one may repeat the same notification, as Logstash's `event.original` does)
+            again = (line[:1] not in " \t" and _TYPE_NAME.search(line) is not None
+                     and any(_TYPE_NAME.search(ln) for ln in record))
             if _RECORD_START.match(line) or not record or again or len(record) >= MULTILINE_MAX_LINES:
                 flush()
                 record, start = [line], line_no

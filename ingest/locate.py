@@ -329,6 +329,7 @@ _PARSE_STEPS = ("p", "q", "r", "kv")
 # in the same value (Vector's logfmt: message="tyk notification {\"auth_code\":...}")
 QUOTED_JSON_IN_TEXT = r'"((?:[^"\\]|\\.)*?\{\\"(?:[^"\\]|\\.)*)"'
 _QUOTED_JSON_RE = re.compile(QUOTED_JSON_IN_TEXT)
+_RUBY_KEY = re.compile(r'"[^"\\]*" ?=>')
 
 # A notification printed by the receiver's language rather than as JSON: Python's repr ({'auth_code': '...'}),
 # Node's util.inspect ({ auth_code: '...' }), Ruby's and Elixir's inspect ("auth_code"=>"..."), PHP's print_r
@@ -394,7 +395,8 @@ def _embedded_json(text: str):
         try:
             obj, _ = _decoder.raw_decode(text, start)
         except ValueError:
-            if text[start + 1 : start + 40].lstrip().startswith('"'):
+            after = text[start + 1 : start + 200].lstrip()
+            if after.startswith('"') and not _RUBY_KEY.match(after):  # (a Ruby hash, `{"message" => ...`, is not JSON)
                 return None
             obj = None
         if isinstance(obj, dict) and obj:

@@ -126,6 +126,11 @@ def _epoch_instant(iso: str) -> dict:
     return {"epochSecond": int(t.timestamp()), "nanoOfSecond": t.microsecond * 1000}
 
 
+def _user_text(b: dict, user: str | None) -> str:
+    """A receiver's text line: the user (when known) and the body as JSON."""
+    return "tyk oauth notification status=200 " + (f"user_id={user} " if user else "") + json.dumps(b)
+
+
 def _otel_pairs(d: dict) -> list:
     """An object as OpenTelemetry's key/value pairs of AnyValues."""
     def any_value(v):
@@ -231,6 +236,13 @@ SHAPES = {
         + "".join(f'{json.dumps(k):>23} => {json.dumps(v)},\n' for k, v in b.items())
         + (f'              "user_id" => "{user}",\n' if user else "")
         + '                 "host" => {\n        "ip" => "10.42.0.5"\n    }\n}\n'
+        for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
+    # ... of a file input: the receiver's text line (its JSON escaped in a Ruby string) in `message` and again in
+    # `event.original`, one notification, not two
+    "logstash rubydebug of a file input": lambda: "".join(
+        "{\n" + f'       "message" => {json.dumps(_user_text(b, user))},\n'
+        + f'    "@timestamp" => {received},\n' + '      "@version" => "1",\n'
+        + f'         "event" => {{\n        "original" => {json.dumps(_user_text(b, user))}\n    }}\n}}\n'
         for b, received, user in ((LOGIN, RECEIVED[0], "alice"), (REFRESH, RECEIVED[1], None))).encode(),
     # Vector's logfmt encoding of a file source: keys sorted, so the time comes after a message that holds the
     # receiver's text line with its JSON
@@ -345,3 +357,14 @@ def test_rails_development_log_takes_the_time_of_the_started_line(store):
     times = [t.isoformat() for (t,) in cur.execute("SELECT first_seen FROM events ORDER BY first_seen").fetchall()]
     assert times == ["2026-12-03T09:00:00", "2026-12-03T09:40:00"]
     assert cur.execute("SELECT identity, events FROM chains").fetchall() == [("alice", 2)]
+
+
+def test_lines_that_each_hold_a_notification_stay_records_of_their_own(store):
+    """After a line led by a time, lines that each hold a whole notification (here logfmt, a key per field, without
+    a time) are records of their own: none takes the banner's time, none joins another."""
+    text = "2026-12-03T08:59:00Z hook starting\n" + "".join(
+        "level=info msg=notification " + " ".join(f"{k}={v}" for k, v in b.items()) + "\n" for b in (LOGIN, REFRESH))
+    report = ingest(store, [("hook.log", io.BytesIO(text.encode()))])
+    assert report.files[0].format == "text"
+    assert (report.files[0].records, report.files[0].rejected, report.files[0].untimed) == (3, 1, 2)
+    assert store.cursor().execute("SELECT count(*) FROM chains").fetchall() == [(1,)]
