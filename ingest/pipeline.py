@@ -85,7 +85,8 @@ def rejected_reasons(report: FileReport, most: int = 3) -> str:
     ]
     if len(items) > most:
         rest = sum(n for _, n in items[most:])
-        parts.append(f"{rest:,}: {len(items) - most} other reasons")
+        others = len(items) - most
+        parts.append(f"{rest:,} for {others} other reason{'s' if others > 1 else ''}")
     return "; ".join(parts)
 
 

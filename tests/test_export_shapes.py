@@ -24,6 +24,7 @@ import duckdb
 import pytest
 
 from ingest.formats import columns_of, records_prefix
+from ingest.pipeline import FileReport, rejected_reasons
 from tests.helpers import CLI
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
@@ -465,6 +466,13 @@ def test_a_receiver_log_with_other_lines_says_what_was_rejected_and_why(tmp_path
     proc = ok(tokentrail("ingest", log, "--db", tmp_path / "y.duckdb", cwd=tmp_path))
     assert ("hook.log: 4 records rejected. 3: no Tyk notification found in the record (other log lines?); 1: invalid"
             in proc.stderr), proc.stderr
+
+
+def test_the_report_names_the_three_most_frequent_reasons_and_counts_the_rest():
+    report = FileReport(path="hook.log", rejected_reasons={"a": 8, "b": 4, "c": 2, "d": 3, "e": 1})
+    assert rejected_reasons(report) == "8: a; 4: b; 2: c; 4 for 2 other reasons"
+    report.rejected_reasons.pop("e")
+    assert rejected_reasons(report).endswith("; 3 for 1 other reason")
 
 
 def test_a_readme_on_its_own_is_still_read_line_by_line(tmp_path):
