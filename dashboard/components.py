@@ -220,6 +220,8 @@ def fmt_duration(seconds: float | None) -> str:
     """Short human duration: 45s, 12m, 2h 48m, 3d 4h."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return "–"
+    if math.isinf(seconds):
+        return "∞" if seconds > 0 else "-∞"
     s = round(seconds)
     if s < 60:
         return f"{s}s"

@@ -8,6 +8,9 @@ Clicking a bar or a row of the top-identities panel opens that identity's drill-
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -29,7 +32,7 @@ from dashboard.components import (
 )
 from dashboard.context import View, query
 from dashboard.theme import COLORS, MUTED, TEXT, add_rate_line, style
-from queries.refresh import events_per_bucket, refresh_profile, top_identities_by_refresh_rate
+from queries.refresh import HIST_TTLS, events_per_bucket, refresh_profile, top_identities_by_refresh_rate
 
 LATE_SHARE = (0.05, 0.15)  # share of refreshes after expiry: amber from 5 %, red from 15 %
 EARLY_SHARE = (0.15, 0.35)  # refreshing well before expiry wastes token requests; a client bug when common
@@ -73,12 +76,15 @@ def _tiles(events, totals: dict, over) -> None:
             help="`refresh` notifications (distinct events) first seen in the range.",
         )
     with cols[1]:
+        median = totals["median_interval_s"]
         stat_tile(
             "Median interval",
-            fmt_duration(totals["median_interval_s"]),
+            # read off the histogram (within half a bin), or past its last bar
+            "–" if median is None else f"≈ {fmt_duration(median)}" if math.isfinite(median)
+            else f"≥ {fmt_duration(HIST_TTLS * ttl)}",
             key="rr-median",
             note=f"access token {fmt_duration(ttl)}",
-            series=over["median_interval_s"] / 60,
+            series=pd.to_numeric(over["median_interval_s"], errors="coerce").replace(math.inf, math.nan) / 60,
             help="Median time from an event to the refresh that replaced its tokens (refreshes whose "
             "parent is in the data), read off the histogram below.",
         )

@@ -227,3 +227,26 @@ def test_a_row_on_lifetimes_opens_the_drill_down(app, demo):
     clean(at)
     assert at.title[0].value == PAGES["identity"].title
     assert at.selectbox(key="identity").value == first
+
+
+def test_refresh_rates_when_most_refreshes_come_past_the_histogram(app, tmp_path):
+    # sessions refreshed every 4 hours: the median interval lies in the histogram's open last bar (3 x the access
+    # token's lifetime or more), so the tile says "≥ 3h" rather than a number it cannot know (it crashed)
+    lines = []
+    for user in ("ann", "bob", "cy"):
+        prev = None
+        for i in range(4):
+            t = f"2026-12-03T{i * 4:02d}:00:00Z"
+            tok = f"{user}-refresh-token-{i:02d}-xxxxxxxxxxxx"
+            b = {"auth_code": f"{user}-code-xxxxxxxxxxxxxxxxx" if prev is None else "",
+                 "new_oauth_token": f"{user}-access-token-{i:02d}-xxxxxxxxxxxx", "refresh_token": tok,
+                 "old_refresh_token": prev or "", "notification_type": "refresh" if prev else "new"}
+            lines.append(json.dumps({"received_at": t, "user_id": user, "body": b}))
+            prev = tok
+    log = tmp_path / "slow.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    store = Store.open(tmp_path / "slow.duckdb")
+    ingest(store, [log])
+    store.close()
+    at = clean(app(tmp_path / "slow.duckdb", "refresh_rates"))
+    assert tiles(at)["Median interval"].value == f"≥ {fmt_duration(3 * 3600)}"
