@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import html
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -233,6 +235,27 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{h}h {m}m" if m else f"{h}h"
     d, h = divmod(round(seconds / 3600), 24)
     return f"{d}d {h}h" if h else f"{d}d"
+
+
+def md_literal(text: str) -> str:
+    """`text` (a user's name, from the data or the URL) as a markdown code span: shown as written, never as a
+    link, an email link, colour, maths or emphasis."""
+    text = str(text).replace("\n", " ")
+    if "`" not in text:
+        return f"`{text}`"
+    # a fence longer than any run of backticks inside, and a space each side (CommonMark strips one)
+    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def plot_label(text: str, width: int = 36) -> str:
+    """`text` as a plotly label: HTML-escaped (plotly reads `<b>` in labels as markup) and, past `width`
+    characters, shortened in the middle."""
+    text = str(text)
+    if len(text) > width:
+        head = (width - 1) * 2 // 3
+        text = text[:head] + "…" + text[-(width - 1 - head):]
+    return html.escape(text, quote=False)
 
 
 def _slug(text: str) -> str:

@@ -7,6 +7,9 @@ what `st.metric` colours its delta and sparkline with. This module has no Stream
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import plotly.graph_objects as go
 
 COLORS = {
@@ -94,7 +97,28 @@ def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figur
     )
     fig.update_xaxes(gridcolor=GRID, zeroline=False)
     fig.update_yaxes(gridcolor=GRID, zeroline=False)
+    # nothing happened (the healthy case: no late refresh, no orphan): counts from 0 to 1, a share from 0 to 100 %,
+    # not plotly's -1..1 around a flat line
+    if _all_zero(fig, "y"):
+        fig.update_layout(yaxis={"range": [0, 1], "dtick": 1})
+        if "yaxis2" in fig.layout and fig.layout.yaxis2.overlaying:
+            fig.update_layout(yaxis2={"range": [0, 100], "rangemode": None})
+    if _all_zero(fig, "x"):  # horizontal bars
+        fig.update_layout(xaxis={"range": [0, 1], "dtick": 1})
     return fig
+
+
+def _all_zero(fig: go.Figure, axis: str) -> bool:
+    """Whether every trace plots numbers along `axis` ("y": vertical bars, lines; "x": horizontal bars) and all
+    of them are 0. (A timeline of lanes, bars of categories, have other values.)"""
+    values = []
+    for trace in fig.data:
+        horizontal = getattr(trace, "orientation", None) == "h"
+        data = getattr(trace, axis, None)
+        if horizontal != (axis == "x") or data is None:
+            return False
+        values.extend(v for v in data if v is not None and not (isinstance(v, float) and math.isnan(v)))
+    return bool(values) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v == 0 for v in values)
 
 
 def add_rate_line(fig: go.Figure, x, percent, name: str) -> go.Figure:

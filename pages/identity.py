@@ -22,6 +22,7 @@ from dashboard.components import (
     empty_state,
     fmt_duration,
     fmt_int,
+    md_literal,
     page_header,
     panel,
     plot,
@@ -90,7 +91,7 @@ def render(view: View) -> None:
     if not overview["chains"]:
         empty_state(
             "Unknown identity",
-            f"No session in the data belongs to **{who}**. Check the spelling; "
+            f"No session in the data belongs to **{md_literal(who)}**. Check the spelling; "
             "identities come from a user field in the log records or from an identity mapping file, "
             "which you can load on the Upload page.",
         )
@@ -98,7 +99,7 @@ def render(view: View) -> None:
     if chains.empty:
         empty_state(
             "No sessions in this range",
-            f"**{who}** has {fmt_int(overview['chains'])} sessions between "
+            f"**{md_literal(who)}** has {fmt_int(overview['chains'])} sessions between "
             f"{overview['first_seen']:%Y-%m-%d %H:%M} and {overview['last_seen']:%Y-%m-%d %H:%M} UTC, "
             "none starting in this range: widen the time range in the sidebar.",
             upload_link=False,
@@ -221,8 +222,7 @@ def _answer_panel(who: str, chains: pd.DataFrame, findings: pd.DataFrame) -> Non
         serious = findings[findings["kind"].isin(("forced_relogin", "fork", "orphan_guess", "late_refresh"))]
         if serious.empty:
             st.markdown(
-                # "&#64;": an email in markdown would turn into a mailto link
-                f"Nothing in the data says a session of **{who.replace('@', '&#64;')}** dropped in this range: no forced "
+                f"Nothing in the data says a session of **{md_literal(who)}** dropped in this range: no forced "
                 "re-login, no fork, no late refresh, and no orphan chain right after a session ended."
             )
         for kind in KIND_ORDER[:4]:

@@ -26,6 +26,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    plot_label,
     require_data,
     stat_tile,
     threshold_level,
@@ -222,22 +223,26 @@ def _top_identities_panel(top) -> None:
             return
         left, right = st.columns([2, 3])
         with left:
-            ordered = top.iloc[::-1]
+            ordered = top.iloc[::-1].reset_index(drop=True)
+            # bars at positions, the names as tick labels: a name is shown as written (escaped, shortened when
+            # long) and two names never share a bar
+            labels = [plot_label(i) for i in ordered["identity"]]
             fig = go.Figure()
             fig.add_bar(
                 x=ordered["refreshes_per_hour"],
-                y=ordered["identity"],
+                y=list(range(len(ordered))),
                 orientation="h",
                 marker_color=COLORS["refresh"],
                 name="refreshes per hour",
                 customdata=ordered[["refreshes", "session_hours"]],
-                hovertemplate="%{y}<br>%{x:.2f} refreshes/h (%{customdata[0]:,} in %{customdata[1]:.1f} h)"
+                hovertext=labels,
+                hovertemplate="%{hovertext}<br>%{x:.2f} refreshes/h (%{customdata[0]:,} in %{customdata[1]:.1f} h)"
                 "<extra></extra>",
             )
             fig.update_layout(
                 xaxis_title="refreshes per hour of session", hovermode="closest", margin={"l": 8}
             )
-            fig.update_yaxes(automargin=True)
+            fig.update_yaxes(automargin=True, tickvals=list(range(len(ordered))), ticktext=labels)
             event = st.plotly_chart(
                 style(fig, height=max(260, 22 * len(top) + 60), legend=False),
                 width="stretch",
@@ -246,9 +251,9 @@ def _top_identities_panel(top) -> None:
                 selection_mode="points",
                 key="rr-top-chart",
             )
-            picked = [p.get("y") for p in (event.selection.points if event else []) if p.get("y")]
+            picked = [p.get("y") for p in (event.selection.points if event else []) if p.get("y") is not None]
             if picked:
-                open_identity(picked[0])
+                open_identity(str(ordered["identity"].iloc[int(picked[0])]))
         with right:
             shown = top.assign(drill_down=[identity_link(i) for i in top["identity"]])
             table_event = st.dataframe(

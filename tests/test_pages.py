@@ -8,16 +8,19 @@ numbers on the pages are checked against the CLI, not against the queries that d
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.components import PAGES, fmt_duration, fmt_int, fmt_pct
+from dashboard.components import PAGES, fmt_duration, fmt_int, fmt_pct, md_literal, plot_label
+from dashboard.theme import add_rate_line, style
 from ingest.demo import write_demo
 from ingest.pipeline import ingest
 from ingest.store import Store
@@ -204,6 +207,23 @@ def test_unknown_identity_says_so(app, demo):
     assert "Unknown identity" in text(at) and "nobody@example.invalid" in text(at)
 
 
+@pytest.mark.parametrize("who", ["[Session expired](https://evil.example/login) :red[**alert**]", "alice@example.com",
+                                 "<b>x</b> $x^2$", "a `tick` and ``two``"])
+def test_an_identity_from_the_url_or_the_data_is_shown_as_written(app, demo, who):
+    # a name is a code span in the page's markdown: no link (not even an email's mailto), colour, maths or markup
+    at = clean(app(demo["db"], "identity", identity=who))
+    assert md_literal(who) in text(at)
+    fence, inner = re.fullmatch(r"(`+)(.*)\1", md_literal(who)).groups()
+    assert fence not in who  # (longer than any run of backticks in the name, so the name cannot end the span)
+    assert (inner[1:-1] if len(fence) > 1 else inner) == who
+
+
+def test_plot_labels_are_escaped_and_shortened():
+    assert plot_label("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"
+    long = "someone." * 20 + "@example.com"
+    assert len(plot_label(long)) == 36 and plot_label(long).endswith("example.com") and "…" in plot_label(long)
+
+
 def test_no_identity_offers_where_to_start(app, demo):
     at = clean(app(demo["db"], "identity"))
     assert at.selectbox(key="identity").value is None
@@ -250,3 +270,16 @@ def test_refresh_rates_when_most_refreshes_come_past_the_histogram(app, tmp_path
     store.close()
     at = clean(app(tmp_path / "slow.duckdb", "refresh_rates"))
     assert tiles(at)["Median interval"].value == f"≥ {fmt_duration(3 * 3600)}"
+
+
+def test_a_chart_of_nothing_but_zeros_counts_from_zero():
+    fig = go.Figure()
+    fig.add_bar(x=[1, 2, 3], y=[0, 0, 0])
+    add_rate_line(fig, [1, 2, 3], [0.0, 0.0, float("nan")], "% of refreshes")
+    style(fig)
+    assert list(fig.layout.yaxis.range) == [0, 1] and list(fig.layout.yaxis2.range) == [0, 100]
+    bars = style(go.Figure(go.Bar(x=[0, 0], y=["gap", "retry burst"], orientation="h")))
+    assert list(bars.layout.xaxis.range) == [0, 1]
+    busy = go.Figure()
+    busy.add_bar(x=[1, 2], y=[0, 4])
+    assert style(busy).layout.yaxis.range is None  # plotly's own range once anything happened
