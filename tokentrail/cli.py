@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -308,15 +309,36 @@ def cmd_serve(args, db: Path) -> int:
     env = dict(os.environ)
     env[DB_ENV] = str(db.resolve())
     if not db.exists():
-        print(f"{db} does not exist yet: building the demo data first", file=sys.stderr)
-        rc = cmd_demo(argparse.Namespace(days=5, users=150, seed=7, force=False), db)
-        if rc:
-            return rc
+        if args.db is None and not os.environ.get(DB_ENV):
+            # the embedded default: a newcomer's first look, at demo data
+            print(f"{db} does not exist yet: building the demo data first", file=sys.stderr)
+            rc = cmd_demo(argparse.Namespace(days=5, users=150, seed=7, force=False), db)
+            if rc:
+                return rc
+        else:  # a database you named is yours: it starts empty (to watch a fleet arrive from zero)
+            _open_store(db).close()
+            print(f"{db} did not exist: created it, empty. Load logs on the Upload page or with "
+                  f"`tokentrail ingest FILE --db {db}`; demo data: `tokentrail demo --db {db} --force`", file=sys.stderr)
     cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false"]
     print(f"tokentrail dashboard: http://{args.host}:{args.port}  (database {db})", file=sys.stderr)
-    return subprocess.call(cmd, env=env, cwd=PROJECT_ROOT)
+    return _run_forwarding_signals(cmd, env=env, cwd=PROJECT_ROOT)
+
+
+def _run_forwarding_signals(cmd: list[str], **kwargs) -> int:
+    """Run `cmd` and pass SIGTERM (systemd, `kill`) on to it: Streamlit, left behind, would keep the port and
+    the database. (Ctrl-C reaches both through the terminal's process group.)"""
+    child = subprocess.Popen(cmd, **kwargs)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the child got the same Ctrl-C: wait for it to stop
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shared_secret(args) -> str:
