@@ -364,16 +364,39 @@ def open_identity(identity: str) -> None:
 
 
 def require_data(purpose: str) -> bool:
-    """False (after showing what to do) when the store holds no deliveries at all."""
-    from dashboard.context import data_bounds
+    """False (after showing what to do) when the store holds no delivery with a time: none at all (all rejected,
+    perhaps: the quarantine is on the Upload page), or only untimed ones (bare Tyk bodies)."""
+    from dashboard.context import data_bounds, query
+    from queries.overview import store_counts
 
     if data_bounds()[1] is not None:
         return True
+    counts = query(store_counts)
+    if counts["deliveries"]:
+        empty_state(
+            "No times in the data",
+            f"The database holds {plural(counts['deliveries'], 'delivery', 'deliveries')} "
+            f"({plural(counts['events'], 'event')} in {plural(counts['chains'], 'chain')}), none with a time: "
+            f"bare Tyk bodies, or an export whose time field was not found. {purpose.capitalize()} need the time "
+            "each notification arrived: load an export that carries it (the receiver's own log, or a log "
+            "platform's export). The Overview and the Identity drill-down show the chains as they are.",
+        )
+        return False
+    rejected = counts["rejected"]
     empty_state(
-        "No data yet",
-        f"Upload Tyk notification log exports to see {purpose}, or load the demo data from the Overview.",
+        "No data yet" if not rejected else "Every record was rejected",
+        f"Upload Tyk notification log exports to see {purpose}, or load the demo data from the Overview."
+        if not rejected else
+        f"Nothing loaded as a notification: {plural(rejected, 'record')} rejected, kept in the quarantine. The "
+        "Upload page lists them with the file, the line and the reason (a log with no Tyk notification in it, or "
+        "a shape tokentrail does not read yet).",
     )
     return False
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 event', '2 events', '1 delivery', '3 deliveries'."""
+    return f"{fmt_int(n)} {word if n == 1 else many or word + 's'}"
 
 
 def live_status() -> None:

@@ -28,10 +28,11 @@ from dashboard.components import (
     plot,
     stat_tile,
 )
-from dashboard.context import View, data_bounds, query
+from dashboard.context import View, query
 from dashboard.theme import COLORS, GRID, MUTED, style
 from queries.identity import identity_detail, identity_options, lineage_tree
 from queries.lifetimes import identity_lifetimes
+from queries.overview import store_counts
 
 KIND_ORDER = ("forced_relogin", "fork", "orphan_guess", "late_refresh", "ended", "active")
 KIND_BADGES = {
@@ -58,7 +59,7 @@ _TIMELINE_KEY = "id-timeline"
 
 def render(view: View) -> None:
     page_header("Identity drill-down", view, subtitle="One user's sessions, token by token")
-    if data_bounds()[1] is None:
+    if not query(store_counts)["deliveries"]:
         empty_state(
             "No data yet",
             "Upload Tyk notification log exports (and an identity mapping) to follow a "
@@ -240,7 +241,9 @@ def _answer_panel(who: str, chains: pd.DataFrame, findings: pd.DataFrame) -> Non
             st.markdown(
                 f"{KIND_BADGES[kind]} **{fmt_int(n)}×** — {KIND_SUMMARY[kind]}.  \n{label}: {pick['text']}"
             )
-        with st.expander(f"All {fmt_int(len(findings))} findings, newest first"):
+        if findings.empty:
+            return
+        with st.expander("The finding" if len(findings) == 1 else f"All {fmt_int(len(findings))} findings, newest first"):
             shown = findings[["time", "chain", "kind", "text"]]
             st.dataframe(
                 shown,
@@ -271,6 +274,10 @@ def _timeline_panel(chains: pd.DataFrame, events: pd.DataFrame, findings: pd.Dat
     timed = events[events["time"].notna()]
     ms = ttl * 1000.0
     with panel("Sessions on a timeline: each access token's validity window", key="id-timeline-panel"):
+        if timed.empty:
+            st.caption("None of these sessions' events has a time (bare Tyk bodies, or an export whose time field "
+                       "was not found): nothing to place on a timeline. The chains and their trees are below.")
+            return
         fig = go.Figure()
         for kind in ("new", "refresh"):
             part = timed[timed["type"] == kind]
@@ -419,9 +426,10 @@ def _chain_panels(chains: pd.DataFrame) -> None:
         "on the timeline to pick it.",
     )
     row = chains[chains["chain"] == chosen].iloc[0]
+    when = (f" from {row['first_seen']:%Y-%m-%d %H:%M} to {row['last_seen']:%Y-%m-%d %H:%M} UTC, "
+            f"{fmt_duration(row['span_s'])} span" if pd.notna(row["first_seen"]) else ", none with a time")
     st.caption(
-        f"Chain {row['chain']}: {_n(row['events'], 'event')} from {row['first_seen']:%Y-%m-%d %H:%M} to "
-        f"{row['last_seen']:%Y-%m-%d %H:%M} UTC, {fmt_duration(row['span_s'])} span, "
+        f"Chain {row['chain']}: {_n(row['events'], 'event')}{when}, "
         f"{END_LABELS.get(row['end_state'], row['end_state'])}; {_n(row['forks'], 'fork')}, "
         f"{_n(row['late_refreshes'], 'late refresh', 'late refreshes')}."
     )

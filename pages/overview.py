@@ -20,6 +20,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    require_data,
     stat_tile,
     threshold_level,
 )
@@ -37,7 +38,11 @@ FORCED_RELOGIN_RATE = (0.10, 0.30)  # of the identified sessions that ended in t
 
 def render(view: View) -> None:
     page_header("Overview", view, subtitle="Session health of your Tyk OAuth clients")
-    if not query(store_counts)["deliveries"]:
+    counts = query(store_counts)
+    if not counts["deliveries"] and counts["rejected"]:
+        require_data("session health")  # says that every record was rejected, and where they are
+        return
+    if not counts["deliveries"]:
         db = get_store().path
         empty_state(
             "No data yet",
@@ -54,6 +59,8 @@ def render(view: View) -> None:
     _tiles(t, s)
     if not (t["events"] or t["deliveries"] or t["chains_started"]):
         no_data_in_range(view)
+        return
+    if not require_data("charts over time"):  # the events have no times: the tiles above are all there is
         return
     _panels(s)
 

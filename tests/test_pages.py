@@ -283,3 +283,47 @@ def test_a_chart_of_nothing_but_zeros_counts_from_zero():
     busy = go.Figure()
     busy.add_bar(x=[1, 2], y=[0, 4])
     assert style(busy).layout.yaxis.range is None  # plotly's own range once anything happened
+
+
+@pytest.fixture(scope="module")
+def untimed(tmp_path_factory) -> Path:
+    # bare Tyk bodies (`jq -c .body`): chains, no times; the login's auth code mapped to a user
+    root = tmp_path_factory.mktemp("untimed")
+    bodies = [{"auth_code": "code-untimed-xxxxxxxxxxxxxxxx", "new_oauth_token": "access-0-xxxxxxxxxxxxxxxxxxxx",
+               "refresh_token": "refresh-0-xxxxxxxxxxxxxxxxxxx", "old_refresh_token": "", "notification_type": "new"}]
+    for i in range(1, 4):
+        bodies.append({"auth_code": "", "new_oauth_token": f"access-{i}-xxxxxxxxxxxxxxxxxxxx",
+                       "refresh_token": f"refresh-{i}-xxxxxxxxxxxxxxxxxxx",
+                       "old_refresh_token": f"refresh-{i - 1}-xxxxxxxxxxxxxxxxxxx", "notification_type": "refresh"})
+    (root / "bodies.jsonl").write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    (root / "ids.csv").write_text("auth_code,user\ncode-untimed-xxxxxxxxxxxxxxxx,una@example.com\n")
+    store = Store.open(root / "untimed.duckdb")
+    ingest(store, [root / "bodies.jsonl"], identities=root / "ids.csv")
+    store.close()
+    return root / "untimed.duckdb"
+
+
+@pytest.mark.parametrize("page", (None, "refresh_rates", "orphans", "lifetimes"))
+def test_pages_that_need_times_say_the_data_has_none(app, untimed, page):
+    at = clean(app(untimed, page))
+    assert "No times in the data" in text(at) and "No data yet" not in text(at)
+    assert "4 deliveries" in text(at)
+
+
+def test_an_untimed_chain_opens_in_the_drill_down(app, untimed):
+    at = clean(app(untimed, "identity", identity="una@example.com"))
+    assert "none with a time" in text(at)
+    assert "nothing to place on a timeline" in text(at)
+    events = next(d for d in at.dataframe if len(d.value) == 4)
+    assert sorted(events.value["type"]) == ["new", "refresh", "refresh", "refresh"]
+
+
+def test_when_every_record_was_rejected_the_pages_say_so(app, tmp_path):
+    log = tmp_path / "other.log"
+    log.write_text("server started\nGET /healthz 200\n")
+    store = Store.open(tmp_path / "rejected.duckdb")
+    ingest(store, [log])
+    store.close()
+    for page in (None, "refresh_rates"):
+        at = clean(app(tmp_path / "rejected.duckdb", page))
+        assert "Every record was rejected" in text(at) and "2 records rejected" in text(at)
