@@ -3,6 +3,7 @@ stopping the command (SIGTERM, as `kill` and systemd send) stops the dashboard w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,14 +38,9 @@ def test_serve_on_a_new_database_starts_it_empty_and_stops_on_sigterm(tmp_path):
         while _healthy(url) and time.monotonic() < deadline:
             time.sleep(0.25)
         assert not _healthy(url), "the dashboard outlived the command"
-    finally:
-        if proc.poll() is None:
+    finally:  # (the command, or a Streamlit it left behind, would hold the port: the whole group goes)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        else:  # a stray Streamlit would hold the port: clean up the group either way
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     store = Store.open(db, read_only=True)
     try:
         assert store.cursor().execute("SELECT count(*) FROM events").fetchall() == [(0,)]
