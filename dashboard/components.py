@@ -80,7 +80,16 @@ def range_caption(view: View) -> str:
         label = f"{view.label} ({view.start:%Y-%m-%d %H:%M} → {view.end:%Y-%m-%d %H:%M} UTC)"
     else:
         label = view.label
-    return f"{label}, {view.bucket} buckets"
+    return f"{label}, {buckets(view.bucket)}"
+
+
+def buckets(interval: str) -> str:
+    """A bucket interval as words: '15 minutes' -> '15-minute buckets', '1 hour' -> 'hourly buckets'."""
+    n, _, unit = interval.partition(" ")
+    unit = unit.rstrip("s")
+    if n == "1":
+        return {"hour": "hourly", "day": "daily", "week": "weekly", "minute": "1-minute"}.get(unit, f"1-{unit}") + " buckets"
+    return f"{n}-{unit} buckets"
 
 
 def page_link(

@@ -26,6 +26,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    plural,
     stat_tile,
 )
 from dashboard.context import View, query
@@ -100,7 +101,7 @@ def render(view: View) -> None:
     if chains.empty:
         empty_state(
             "No sessions in this range",
-            f"**{md_literal(who)}** has {fmt_int(overview['chains'])} sessions between "
+            f"**{md_literal(who)}** has {plural(overview['chains'], 'session')} between "
             f"{overview['first_seen']:%Y-%m-%d %H:%M} and {overview['last_seen']:%Y-%m-%d %H:%M} UTC, "
             "none starting in this range: widen the time range in the sidebar.",
             upload_link=False,

@@ -13,6 +13,7 @@ import streamlit as st
 
 from dashboard.components import (
     auto_refresh,
+    buckets,
     csv_download,
     fmt_duration,
     fmt_int,
@@ -21,6 +22,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    plural,
     require_data,
     stat_tile,
     threshold_level,
@@ -109,7 +111,7 @@ def _tiles(per_bucket, report: dict) -> None:
             fmt_int(receiver),
             key="or-receiver",
             level="bad" if receiver else "ok",
-            note=f"{fmt_int(causes['delivery gap'])} gap · {fmt_int(causes['retry burst'])} retry burst",
+            note=f"{plural(causes['delivery gap'], 'gap')} · {plural(causes['retry burst'], 'retry burst')}",
             series=per_bucket["delivery gap"] + per_bucket["retry burst"],
             help="Orphans with a delivery gap or a burst of Tyk retries in the look-back window: the "
             "receiver was down, unreachable, or answering non-200 when the parent was sent.",
@@ -140,7 +142,7 @@ def _tiles(per_bucket, report: dict) -> None:
 
 
 def _over_time_panel(per_bucket, view: View) -> None:
-    with panel(f"Orphan chains over time ({view.bucket} buckets)", key="or-time"):
+    with panel(f"Orphan chains over time ({buckets(view.bucket)})", key="or-time"):
         fig = go.Figure()
         for cause in CAUSES:  # stacked bottom-up in this order; the legend lists them the same way
             fig.add_bar(x=per_bucket["t"], y=per_bucket[cause], name=cause, marker_color=CAUSE_COLORS[cause])

@@ -16,6 +16,7 @@ import streamlit as st
 
 from dashboard.components import (
     auto_refresh,
+    buckets,
     csv_download,
     fmt_duration,
     fmt_int,
@@ -27,6 +28,7 @@ from dashboard.components import (
     panel,
     plot,
     plot_label,
+    plural,
     require_data,
     stat_tile,
     threshold_level,
@@ -72,7 +74,7 @@ def _tiles(events, totals: dict, over) -> None:
             "Refreshes",
             fmt_int(refreshes),
             key="rr-refreshes",
-            note=f"{fmt_int(logins)} logins",
+            note=plural(logins, "login"),
             series=events.loc[events["type"] == "refresh", "events"],
             help="`refresh` notifications (distinct events) first seen in the range.",
         )
@@ -129,7 +131,7 @@ def _share(over, cls: str):
 
 
 def _events_panel(events, view: View) -> None:
-    with panel(f"New logins vs refreshes ({view.bucket} buckets)", key="rr-events"):
+    with panel(f"New logins vs refreshes ({buckets(view.bucket)})", key="rr-events"):
         fig = go.Figure()
         for kind in ("new", "refresh"):
             part = events[events["type"] == kind]

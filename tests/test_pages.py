@@ -19,7 +19,16 @@ import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.components import PAGES, fmt_duration, fmt_int, fmt_pct, md_literal, plot_label
+from dashboard.components import (
+    PAGES,
+    buckets,
+    fmt_duration,
+    fmt_int,
+    fmt_pct,
+    md_literal,
+    plot_label,
+    plural,
+)
 from dashboard.theme import add_rate_line, style
 from ingest.demo import write_demo
 from ingest.pipeline import ingest
@@ -327,3 +336,11 @@ def test_when_every_record_was_rejected_the_pages_say_so(app, tmp_path):
     for page in (None, "refresh_rates"):
         at = clean(app(tmp_path / "rejected.duckdb", page))
         assert "Every record was rejected" in text(at) and "2 records rejected" in text(at)
+
+
+def test_words_for_counts_and_buckets():
+    assert (plural(1, "login"), plural(2, "login"), plural(1, "delivery", "deliveries")) == (
+        "1 login", "2 logins", "1 delivery")
+    assert plural(1234, "delivery", "deliveries") == "1,234 deliveries"
+    assert [buckets(b) for b in ("15 minutes", "1 hour", "1 day", "6 hours")] == [
+        "15-minute buckets", "hourly buckets", "daily buckets", "6-hour buckets"]
