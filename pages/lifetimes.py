@@ -96,7 +96,9 @@ def _tiles(totals: dict, ttl: float) -> None:
             key="lt-median",
             level=threshold_level(ratio, *LIFETIME_TTLS, higher_is_worse=False),
             note=f"access token {fmt_duration(ttl)}",
-            help=f"Amber at {LIFETIME_TTLS[0]:g}× the access-token lifetime or less, red at "
+            help="Of the sessions started in the range (the Overview's tile counts those that ended in it: "
+            "over a short range the two differ, as sessions started lately are still young). "
+            f"Amber at {LIFETIME_TTLS[0]:g}× the access-token lifetime or less, red at "
             f"{LIFETIME_TTLS[1]:g}× or less: sessions rarely survive a refresh.",
         )
     with cols[2]:
@@ -115,7 +117,7 @@ def _tiles(totals: dict, ttl: float) -> None:
             fmt_int(totals["forced_relogins"]),
             key="lt-relogins",
             level=threshold_level(forced_rate, *FORCED_RELOGIN_RATE),
-            note=f"{fmt_pct(forced_rate, 0)} of user sessions",
+            note=f"{fmt_pct(forced_rate, 0)} of user sessions started",
             help="The identity logged in again while the session's last refresh token was never used and "
             "still valid: the app lost its tokens. Amber from "
             f"{FORCED_RELOGIN_RATE[0]:.0%}, red from {FORCED_RELOGIN_RATE[1]:.0%} of the sessions with an identity.",

@@ -144,7 +144,7 @@ def _tiles(t: dict, s) -> None:
             fmt_int(t["forced_relogins"]),
             key="relogins",
             level=threshold_level(t["forced_relogin_rate"], *FORCED_RELOGIN_RATE),
-            note=f"{fmt_pct(t['forced_relogin_rate'], 0)} of user sessions",
+            note=f"{fmt_pct(t['forced_relogin_rate'], 0)} of user sessions ended",
             series=s["forced_relogins"],
             link="lifetimes",
             link_label="Lifetimes",
