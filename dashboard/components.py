@@ -356,8 +356,18 @@ _VIEW_PARAMS = ("range", "from", "to", "refresh")  # the view's URL parameters a
 
 def identity_link(identity: str) -> str:
     """A relative URL that opens the drill-down on `identity`, keeping the current range and refresh."""
+    return _drill_down_link({"identity": identity})
+
+
+def chain_link(chain: str) -> str:
+    """A relative URL that opens the drill-down on one chain (by its short id): its identity's page, or the chain
+    alone when it is an orphan."""
+    return _drill_down_link({"chain": chain})
+
+
+def _drill_down_link(params: dict) -> str:
     keep = {k: v for k, v in st.query_params.to_dict().items() if k in _VIEW_PARAMS}
-    return f"./{PAGES['identity'].url_path}?" + urlencode({"identity": identity, **keep})
+    return f"./{PAGES['identity'].url_path}?" + urlencode({**params, **keep})
 
 
 def open_identity(identity: str) -> None:

@@ -31,7 +31,7 @@ from dashboard.components import (
 )
 from dashboard.context import View, query
 from dashboard.theme import COLORS, GRID, MUTED, style
-from queries.identity import identity_detail, identity_options, lineage_tree
+from queries.identity import chain_by_short, identity_detail, identity_options, lineage_tree
 from queries.lifetimes import identity_lifetimes
 from queries.overview import store_counts
 
@@ -68,6 +68,15 @@ def render(view: View) -> None:
         )
         return
     options = query(identity_options, view.start, view.end)
+    # a chain named without its identity (a link from the Orphaned tokens page): its identity's page, or, for an
+    # orphan chain, which has none, the chain alone
+    named = st.query_params.get("chain")
+    lone = None
+    if named and not (st.session_state.get("identity") or st.query_params.get("identity")):
+        lone = query(chain_by_short, named)
+        if not lone.empty and lone["identity"].iloc[0] is not None:
+            st.session_state["identity"] = lone["identity"].iloc[0]
+            lone = None
     # an identity from the URL or another page may lie outside the listed ones (other range, beyond the list)
     current = st.session_state.get("identity") or st.query_params.get("identity")
     if current and current not in options:
@@ -86,6 +95,11 @@ def render(view: View) -> None:
         "(auth code → user). Orphan chains have none.",
     )
     if not who:
+        if lone is not None and not lone.empty:
+            st.markdown(f"**Orphan chain {lone['chain'].iloc[0]}**: its root is a refresh whose parent notification "
+                        "is not in the data, so no login, and no identity, leads to it.")
+            _chain_panels(lone.drop(columns="identity"))
+            return
         _pick_hint(view)
         return
     detail = query(identity_detail, who, view.start, view.end)
@@ -550,8 +564,8 @@ def _event_table(tree: pd.DataFrame, chain: str) -> None:
                 "forked",
             ]
         ]
-        text_cols = ["access_fp", "refresh_fp", "old_refresh_fp", "refresh_class"]
-        shown = shown.assign(**{c: shown[c].fillna("–") for c in text_cols})
+        shown = shown.assign(**{c: shown[c].fillna("–") for c in ("access_fp", "refresh_fp", "old_refresh_fp")},
+                             refresh_class=shown["refresh_class"].replace({"on_time": "on time"}).fillna("–"))
         st.dataframe(
             shown,
             hide_index=True,

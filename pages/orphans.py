@@ -14,6 +14,7 @@ import streamlit as st
 from dashboard.components import (
     auto_refresh,
     buckets,
+    chain_link,
     csv_download,
     fmt_duration,
     fmt_int,
@@ -289,10 +290,11 @@ def _orphan_table(report: dict) -> None:
                 "No orphan chain started in this range: every session's first notification was logged."
             )
             return
-        shown = orphans.assign(span_h=orphans["span_s"] / 3600)[
+        shown = orphans.assign(span_h=orphans["span_s"] / 3600, drill_down=[chain_link(c) for c in orphans["chain"]])[
             [
                 "first_seen",
                 "chain",
+                "drill_down",
                 "events",
                 "deliveries",
                 "span_h",
@@ -312,6 +314,8 @@ def _orphan_table(report: dict) -> None:
                     "first seen (UTC)", format="YYYY-MM-DD HH:mm:ss"
                 ),
                 "chain": st.column_config.TextColumn("chain", help="First 10 characters of the chain id"),
+                "drill_down": st.column_config.LinkColumn("drill-down", display_text="open ›",
+                                                          help="The chain's tree and events"),
                 "span_h": st.column_config.NumberColumn("span (h)", format="%.1f"),
                 "end_state": st.column_config.TextColumn("end"),
                 "unknown_parent": st.column_config.TextColumn(

@@ -174,6 +174,23 @@ def identity_chains(
     return cur.df()
 
 
+_CHAIN_BY_SHORT = f"""
+SELECT {text_sql('c.chain_id')} AS chain_id, {short_sql('c.chain_id')} AS chain, c.first_seen, c.last_seen, c.events,
+       c.refreshes, c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
+       NULL::TIMESTAMP AS next_start, NULL::VARCHAR AS next_chain, c.identity
+FROM chains c WHERE {short_sql('c.chain_id')} = $short
+ORDER BY c.chain_id LIMIT 1
+"""
+
+
+def chain_by_short(store: Store, short: str) -> pd.DataFrame:
+    """The chain a short id (as pages show it) names, with its identity (None: an orphan chain), in the columns
+    of `identity_chains`; no rows when there is none."""
+    cur = store.cursor()
+    cur.execute(_CHAIN_BY_SHORT, {"short": short})
+    return cur.df()
+
+
 def identity_events(
     store: Store, identity: str, start: datetime | None, end: datetime | None, chain_id: str | None = None
 ) -> pd.DataFrame:

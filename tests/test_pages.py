@@ -33,6 +33,7 @@ from dashboard.theme import add_rate_line, style
 from ingest.demo import write_demo
 from ingest.pipeline import ingest
 from ingest.store import Store
+from queries.summary import short_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -344,3 +345,19 @@ def test_words_for_counts_and_buckets():
     assert plural(1234, "delivery", "deliveries") == "1,234 deliveries"
     assert [buckets(b) for b in ("15 minutes", "1 hour", "1 day", "6 hours")] == [
         "15-minute buckets", "hourly buckets", "daily buckets", "6-hour buckets"]
+
+
+def test_a_chain_in_the_url_opens_alone_when_an_orphan_and_with_its_identity_otherwise(app, demo):
+    store = Store.open(demo["db"], read_only=True)  # (read before the app opens the file)
+    try:
+        orphan = store.cursor().execute(
+            f"SELECT {short_sql('chain_id')} FROM chains WHERE orphan ORDER BY chain_id LIMIT 1").fetchall()[0][0]
+        known, who = store.cursor().execute(
+            f"SELECT {short_sql('chain_id')}, identity FROM chains WHERE identity IS NOT NULL "
+            "ORDER BY chain_id LIMIT 1").fetchall()[0]
+    finally:
+        store.close()
+    at = clean(app(demo["db"], "identity", chain=orphan))
+    assert f"Orphan chain {orphan}" in text(at) and f"Events of chain {orphan}" in text(at)
+    at = clean(app(demo["db"], "identity", chain=known))
+    assert at.selectbox(key="identity").value == who and at.selectbox(key="chain").value == known
