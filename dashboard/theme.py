@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from datetime import datetime
 
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 COLORS = {
@@ -105,7 +108,33 @@ def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figur
             fig.update_layout(yaxis2={"range": [0, 100], "rangemode": None})
     if _all_zero(fig, "x"):  # horizontal bars
         fig.update_layout(xaxis={"range": [0, 1], "dtick": 1})
+    moment = _one_moment(fig)
+    if moment is not None:  # a single point in time: an hour around it, not plotly's fractions of a millisecond
+        fig.update_xaxes(range=[moment - pd.Timedelta(minutes=30), moment + pd.Timedelta(minutes=30)])
+        fig.update_traces(mode="lines+markers", selector={"type": "scatter"})
     return fig
+
+
+def _one_moment(fig: go.Figure):
+    """The one time every trace's points share, when the x axis holds a single time (one event in the data)."""
+    seen = set()
+    for trace in fig.data:
+        if getattr(trace, "orientation", None) == "h" or trace.x is None or getattr(trace, "base", None) is not None:
+            return None
+        for x in trace.x:
+            if x is None:
+                continue
+            try:
+                seen.add(pd.Timestamp(x))
+            except (TypeError, ValueError):
+                return None
+            if len(seen) > 1:
+                return None
+    if len(seen) != 1:
+        return None
+    moment = next(iter(seen))
+    is_time = isinstance(next(x for t in fig.data for x in t.x if x is not None), str | datetime | np.datetime64)
+    return moment if is_time and moment is not pd.NaT else None
 
 
 def _all_zero(fig: go.Figure, axis: str) -> bool:

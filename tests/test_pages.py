@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -361,3 +362,14 @@ def test_a_chain_in_the_url_opens_alone_when_an_orphan_and_with_its_identity_oth
     assert f"Orphan chain {orphan}" in text(at) and f"Events of chain {orphan}" in text(at)
     at = clean(app(demo["db"], "identity", chain=known))
     assert at.selectbox(key="identity").value == who and at.selectbox(key="chain").value == known
+
+
+def test_a_chart_of_one_moment_spans_an_hour_around_it():
+    one = go.Figure()
+    one.add_scatter(x=pd.Series(pd.to_datetime(["2026-12-03 09:00"])), y=[1], mode="lines")
+    styled = style(one)
+    assert [str(t) for t in styled.layout.xaxis.range] == ["2026-12-03 08:30:00", "2026-12-03 09:30:00"]
+    assert styled.data[0].mode == "lines+markers"  # a line of one point draws nothing
+    two = go.Figure()
+    two.add_scatter(x=pd.Series(pd.to_datetime(["2026-12-03 09:00", "2026-12-03 10:00"])), y=[1, 2])
+    assert style(two).layout.xaxis.range is None
