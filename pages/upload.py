@@ -94,7 +94,13 @@ def render() -> None:
         if hist.empty:
             st.caption("Nothing ingested yet.")
         else:
-            table(hist, file_name="tokentrail-ingest-history.csv")
+            table(hist.assign(error=hist["error"].fillna("")), file_name="tokentrail-ingest-history.csv",
+                  column_config={
+                      "run_id": st.column_config.NumberColumn("run", format="%d"),
+                      "started_at": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                      **{c: st.column_config.Column(label) for c, label in REPORT_COLUMNS.items() if c in hist.columns},
+                      "already_stored": st.column_config.NumberColumn("already stored"),
+                  })
 
     if not counts["deliveries"]:
         st.divider()
