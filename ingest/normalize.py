@@ -24,7 +24,7 @@ MACROS = r"""
 -- A logger's redaction of a secret ([FILTERED]: Rails's filter_parameters; [REDACTED]: pino, structlog...) is not a
 -- value either: a token stored as "[REDACTED]" would link every event that shows it.
 CREATE OR REPLACE TEMP MACRO tt_value(s) AS
-    CASE WHEN strlen(s) > 12 THEN s WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', 'nil', '(null)', 'N/A', 'n/a', 'undefined',
+    CASE WHEN strlen(s) > 12 THEN s WHEN s = '' THEN NULL WHEN trim(s) IN ('', '-', '''-', '\N', 'null', 'NULL', 'None', 'nil', '(null)', 'N/A', 'n/a', 'undefined',
                                                   '[FILTERED]', '[REDACTED]', '[redacted]', 'REDACTED', '<redacted>', '***')
          THEN NULL ELSE trim(s) END;
 CREATE OR REPLACE TEMP MACRO tt_embedded(s) AS
