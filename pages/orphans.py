@@ -236,13 +236,14 @@ def _gaps_panel(report: dict, view: View) -> None:
                     worst = pauses.loc[pauses["times_usual"].idxmax()]
                     st.markdown(
                         f"**No delivery gaps found.** The most unusual pause was {fmt_duration(worst['gap_s'])} "
-                        f"at {worst['gap_start']:%Y-%m-%d %H:%M} UTC, {worst['times_usual']:.1f}× the usual spacing "
-                        f"of {fmt_duration(worst['usual_gap_s'])} — below the {GAP_FACTOR:g}× threshold."
+                        f"at {worst['gap_start']:%Y-%m-%d %H:%M} UTC, {worst['times_usual']:.1f}× the spacing usual "
+                        f"around it ({fmt_duration(worst['usual_gap_s'])}) — below the {GAP_FACTOR:g}× threshold."
                     )
                 if not pauses.empty:
                     usual = float(pauses["usual_gap_s"].median())
                     st.caption(
-                        f"With one delivery every {fmt_duration(usual)} or so, an outage shows as a gap only "
+                        f"With one delivery every {fmt_duration(usual)} or so (the median spacing), an outage "
+                        "shows as a gap only "
                         f"from about {fmt_duration(max(GAP_FACTOR * usual, GAP_MIN_S))}; a shorter one hides "
                         "among normal quiet periods. A receiver that logs its own restarts, or a health "
                         "check, tells you more than the gaps can."
