@@ -174,12 +174,15 @@ def _interval_panel(hist, totals: dict) -> None:
                 customdata=labels,
                 hovertemplate="%{customdata}: %{y:,} refreshes<extra>" + CLASS_LABELS[cls] + "</extra>",
             )
-        for x, text in ((ttl / 2, f"ttl/2 = {fmt_duration(ttl / 2)}"), (ttl, f"ttl = {fmt_duration(ttl)}")):
+        # each label on the side of its line where the bars are low (early ones left of ttl/2, late ones right
+        # of ttl): the on-time bars between the lines are the tall ones
+        for x, text, side in ((ttl / 2, f"ttl/2 = {fmt_duration(ttl / 2)}", "top left"),
+                              (ttl, f"ttl = {fmt_duration(ttl)}", "top right")):
             fig.add_vline(
                 x=x / 60,
                 line={"color": TEXT, "width": 1, "dash": "dash"},
                 annotation={"text": text, "font": {"size": 11, "color": MUTED}},
-                annotation_position="top right",
+                annotation_position=side,
             )
         fig.update_layout(
             barmode="overlay",
