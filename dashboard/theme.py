@@ -116,7 +116,8 @@ def style(fig: go.Figure, *, height: int = 300, legend: bool = True) -> go.Figur
 
 
 def _one_moment(fig: go.Figure):
-    """The one time every trace's points share, when the x axis holds a single time (one event in the data)."""
+    """The one time every trace's points share, when the x axis holds times and only one (one event in the
+    data); else None."""
     seen = set()
     for trace in fig.data:
         if getattr(trace, "orientation", None) == "h" or trace.x is None or getattr(trace, "base", None) is not None:
@@ -124,17 +125,14 @@ def _one_moment(fig: go.Figure):
         for x in trace.x:
             if x is None:
                 continue
+            if not isinstance(x, str | datetime | np.datetime64):
+                return None
             try:
                 seen.add(pd.Timestamp(x))
-            except (TypeError, ValueError):
+            except ValueError:  # a category, not a time
                 return None
-            if len(seen) > 1:
-                return None
-    if len(seen) != 1:
-        return None
-    moment = next(iter(seen))
-    is_time = isinstance(next(x for t in fig.data for x in t.x if x is not None), str | datetime | np.datetime64)
-    return moment if is_time and moment is not pd.NaT else None
+    seen.discard(pd.NaT)
+    return next(iter(seen)) if len(seen) == 1 else None
 
 
 def _all_zero(fig: go.Figure, axis: str) -> bool:

@@ -444,17 +444,13 @@ def _chain_panels(chains: pd.DataFrame) -> None:
     when = (f" from {row['first_seen']:%Y-%m-%d %H:%M} to {row['last_seen']:%Y-%m-%d %H:%M} UTC, "
             f"{fmt_duration(row['span_s'])} span" if pd.notna(row["first_seen"]) else ", none with a time")
     st.caption(
-        f"Chain {row['chain']}: {_n(row['events'], 'event')}{when}, "
-        f"{END_LABELS.get(row['end_state'], row['end_state'])}; {_n(row['forks'], 'fork')}, "
-        f"{_n(row['late_refreshes'], 'late refresh', 'late refreshes')}."
+        f"Chain {row['chain']}: {plural(row['events'], 'event')}{when}, "
+        f"{END_LABELS.get(row['end_state'], row['end_state'])}; {plural(row['forks'], 'fork')}, "
+        f"{plural(row['late_refreshes'], 'late refresh', 'late refreshes')}."
     )
     tree = query(lineage_tree, row["chain_id"])
     _tree_panel(tree)
     _event_table(tree, row["chain"])
-
-
-def _n(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _tree_panel(tree: pd.DataFrame) -> None:

@@ -26,6 +26,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    plural,
     stat_tile,
     table,
     threshold_level,
@@ -90,7 +91,7 @@ def render(view: View) -> None:
     if not t["live_total"] and not t["rejected_total"]:
         if spool.pending:
             st.info(
-                f"The receiver has recorded {_plural(spool.pending, 'delivery', 'deliveries')}; this dashboard "
+                f"The receiver has recorded {plural(spool.pending, 'delivery', 'deliveries')}; this dashboard "
                 "applies them to its database within seconds. Turn on auto-refresh in the sidebar to watch.",
                 icon=":material/hourglass_top:",
             )
@@ -170,7 +171,7 @@ def _tiles(t: dict, spool: SpoolSnapshot, now: float, follower_error: str | None
             fmt_int(t["deliveries"]),
             key="deliveries",
             level="neutral",
-            note=f"{_plural(t['retries'], 'Tyk retry', 'Tyk retries')} · {fmt_int(t['rejected'])} rejected",
+            note=f"{plural(t['retries'], 'Tyk retry', 'Tyk retries')} · {fmt_int(t['rejected'])} rejected",
             help="Deliveries received live in the range. A Tyk retry is a delivery of a notification already "
             "received (the answer was not 200, or came after 10 s). Rejected: bodies that were not Tyk "
             "notifications (kept in the quarantine, counted when applied).",
@@ -223,10 +224,6 @@ def _tiles(t: dict, spool: SpoolSnapshot, now: float, follower_error: str | None
                 "your existing service: Tyk then gets your service's answer, and this tile shows how "
                 "many your service accepted.",
             )
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{fmt_int(n)} {one if n == 1 else many}"
 
 
 def _chart(s, bucket: str) -> None:

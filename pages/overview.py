@@ -20,6 +20,7 @@ from dashboard.components import (
     page_header,
     panel,
     plot,
+    plural,
     require_data,
     stat_tile,
     threshold_level,
@@ -89,7 +90,7 @@ def _tiles(t: dict, s) -> None:
             fmt_int(t["refreshes"]),
             key="refreshes",
             level="neutral",
-            note=_plural(t["new_events"], "login"),
+            note=plural(t["new_events"], "login"),
             series=s["refreshes"],
             link="refresh_rates",
             link_label="Refresh rates",
@@ -101,7 +102,7 @@ def _tiles(t: dict, s) -> None:
             fmt_pct(t["orphan_rate"]),
             key="orphans",
             level=threshold_level(t["orphan_rate"], *ORPHAN_RATE),
-            note=_plural(t["orphan_chains"], "orphan chain"),
+            note=plural(t["orphan_chains"], "orphan chain"),
             series=s["orphan_chains"],
             link="orphans",
             link_label="Orphans",
@@ -130,7 +131,7 @@ def _tiles(t: dict, s) -> None:
             fmt_pct(t["duplicate_rate"]),
             key="duplicates",
             level=threshold_level(t["duplicate_rate"], *DUPLICATE_RATE),
-            note=_plural(t["duplicates"], "retry", "retries"),
+            note=plural(t["duplicates"], "retry", "retries"),
             series=dup_series,
             link="orphans",
             link_label="Orphans",
@@ -168,10 +169,6 @@ def _tiles(t: dict, s) -> None:
             "(client_credentials) never refresh, so a fleet of them has a median of one token lifetime "
             "and is healthy; forced re-logins are the signal for sessions that end too early.",
         )
-
-
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{fmt_int(n)} {one if n == 1 else many or one + 's'}"
 
 
 def _panels(s) -> None:

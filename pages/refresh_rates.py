@@ -192,7 +192,7 @@ def _interval_panel(hist, totals: dict) -> None:
         )
         fig.update_xaxes(range=[0, max(top_min, ttl / 60 * 1.1)])  # (room for the ttl line's label)
         plot(style(fig, height=320))
-        overflow = bool((hist["hi_s"] == float("inf")).any() and hist.loc[hist["hi_s"] == float("inf"), "refreshes"].sum())
+        overflow = bool(hist.loc[hist["hi_s"] == math.inf, "refreshes"].sum())
         st.caption(
             (f"The last bar holds every interval of {fmt_duration(HIST_TTLS * ttl)} or more. " if overflow else "")
             + f"The access-token lifetime is {fmt_duration(ttl)} (set with `--access-ttl` at ingest)."

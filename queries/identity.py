@@ -52,6 +52,11 @@ FROM chains WHERE identity = $identity
 
 _CHAIN_ID = fingerprint.from_text_sql("$chain_id")  # the text form in, the stored integer out
 
+# A chain's columns as the drill-down shows them (`identity_chains`, `chain_by_short`)
+_CHAIN_COLUMNS = f"""{text_sql('c.chain_id')} AS chain_id, {short_sql('c.chain_id')} AS chain, c.first_seen, c.last_seen,
+       c.events, c.refreshes, c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s,
+       c.end_state"""
+
 # next_start: the identity's first chain started after this chain's last event (as ingest.lineage defines a
 # forced re-login), over all its chains whatever the range.
 _CHAINS = f"""
@@ -61,9 +66,7 @@ WITH mine AS (
     SELECT c.chain_id, d.first_seen AS next_start, d.chain_id AS next_chain_id
     FROM mine c ASOF JOIN mine d ON d.first_seen > c.last_seen
 )
-SELECT {text_sql('c.chain_id')} AS chain_id, {short_sql('c.chain_id')} AS chain, c.first_seen, c.last_seen, c.events, c.refreshes,
-       c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
-       n.next_start, {short_sql('n.next_chain_id')} AS next_chain
+SELECT {_CHAIN_COLUMNS}, n.next_start, {short_sql('n.next_chain_id')} AS next_chain
 FROM mine c LEFT JOIN nxt n USING (chain_id)
 WHERE TRUE {_IN_RANGE}
 ORDER BY c.first_seen NULLS LAST, c.chain_id
@@ -175,9 +178,7 @@ def identity_chains(
 
 
 _CHAIN_BY_SHORT = f"""
-SELECT {text_sql('c.chain_id')} AS chain_id, {short_sql('c.chain_id')} AS chain, c.first_seen, c.last_seen, c.events,
-       c.refreshes, c.deliveries, c.forks, c.late_refreshes, c.early_refreshes, c.span_s, c.lifetime_s, c.end_state,
-       NULL::TIMESTAMP AS next_start, NULL::VARCHAR AS next_chain, c.identity
+SELECT {_CHAIN_COLUMNS}, NULL::TIMESTAMP AS next_start, NULL::VARCHAR AS next_chain, c.identity
 FROM chains c WHERE {short_sql('c.chain_id')} = $short
 ORDER BY c.chain_id LIMIT 1
 """
